@@ -1,0 +1,89 @@
+"""The `blockwise` command line. Each subcommand is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from blockwise import problems, teachers
+from blockwise.rollout import rollout
+
+NM_BRANCHES = ("expand", "reflect*", "reflect", "outside", "inside", "shrink")
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Roll a teacher out on a batch of 2-D problems, print its progress, plot one trajectory."""
+    from matplotlib.figure import Figure
+
+    from blockwise.plots import plot_objective, plot_trajectory, save
+
+    problem = problems.make(args.family, batch=args.batch, dim=2, seed=args.seed)
+    x0 = problem.sample_x0(seed=args.seed + 1)
+    teacher = teachers.make(args.teacher, **dict(args.setting))
+    traj = rollout(teacher, problem, x0, args.steps)
+    f_min = problem(problem.minimizer()[:, None, :])[:, 0]
+    gap = torch.stack(
+        [problem(teacher.incumbent(traj[k])[:, None, :])[:, 0] - f_min for k in range(len(traj))]
+    )
+    print(f"{teacher.name} on {args.batch} {args.family} problems (n = 2), {args.steps} steps")
+    print(f"{'step':>5} {'median f - f*':>14}")
+    for k in sorted({0, *range(0, args.steps + 1, max(args.steps // 8, 1)), args.steps}):
+        print(f"{k:>5} {gap[k].median().item():>14.3e}")
+    if "branch" in traj.extras:
+        counts = torch.bincount(traj.extras["branch"].flatten(), minlength=6).tolist()
+        named = zip(NM_BRANCHES, counts, strict=True)
+        print("branches: " + ", ".join(f"{n} {c}" for n, c in named))
+
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    plot_trajectory(problem, traj, index=0, ax=left)
+    left.set_title(f"{teacher.name}: problem 0")
+    plot_objective(problem, teacher, traj, f_min=f_min, ax=right)
+    right.set_title(f"{args.batch} problems")
+    paths = save(fig, Path(args.out) / f"demo_{teacher.name}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _setting(text: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blockwise", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="roll a teacher out on 2-D problems and plot it")
+    d.add_argument("--teacher", default="nelder_mead", choices=sorted(teachers.REGISTRY))
+    d.add_argument("--family", default="quadratic", choices=sorted(problems.REGISTRY))
+    d.add_argument(
+        "--set",
+        dest="setting",
+        action="append",
+        type=_setting,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a teacher setting, e.g. --set adaptive=true",
+    )
+    d.add_argument("--batch", type=int, default=256)
+    d.add_argument("--steps", type=int, default=40)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="runs/demo")
+    d.set_defaults(func=demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"blockwise {args.command}: error: {err}", file=sys.stderr)
+        return 2

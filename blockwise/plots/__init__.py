@@ -1,0 +1,9 @@
+"""Plots: each function draws on an Axes (made if not given) and returns (figure, axes).
+
+Library code never touches pyplot's global state: figures are `matplotlib.figure.Figure`
+objects, saved with `save`, so nothing needs a display and nothing leaks.
+"""
+
+from blockwise.plots.teacher import plot_objective, plot_trajectory, save
+
+__all__ = ["plot_objective", "plot_trajectory", "save"]

@@ -1,0 +1,143 @@
+"""Plots of teacher rollouts: a 2-D trajectory over contours, and f vs step over a batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Ellipse, Polygon
+
+from blockwise.problems import Objective, evaluate
+from blockwise.rollout import Trajectory
+from blockwise.teachers import Teacher
+
+
+def _axes(ax: Axes | None, size: tuple[float, float] = (4.0, 3.5)) -> tuple[Figure, Axes]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def save(fig: Figure, path: str | Path) -> list[Path]:
+    """Write `fig` as PNG and PDF beside each other (path without suffix); return both paths."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in out:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    return out
+
+
+def plot_trajectory(
+    objective: Objective,
+    trajectory: Trajectory,
+    index: int = 0,
+    steps: list[int] | None = None,
+    ax: Axes | None = None,
+) -> tuple[Figure, Axes]:
+    """Problem `index`'s trajectory over the contours of its objective (2-D problems only).
+
+    Draws what the state holds: simplices (Nelder-Mead), the mean with its 1-sigma covariance
+    ellipse (CMA-ES), or the iterate's path (gradient teachers), at the chosen `steps`
+    (default: about eight spread over the rollout), lighter for earlier steps.
+    """
+    states = {
+        name: value[:, index].detach().double().cpu() for name, value in trajectory.states.items()
+    }
+    first = next(iter(states.values()))
+    if "simplex" in states:
+        pts = states["simplex"]  # (K+1, n+1, n)
+    elif "mean" in states:
+        pts = states["mean"][:, None, :]
+    else:
+        pts = states["x"][:, None, :]
+    if pts.shape[-1] != 2:
+        raise ValueError(f"plot_trajectory draws 2-D problems; this one has n = {pts.shape[-1]}")
+    k_max = first.shape[0] - 1
+    steps = (
+        steps
+        if steps is not None
+        else sorted(set(torch.linspace(0, k_max, 8).round().int().tolist()))
+    )
+    fig, ax = _axes(ax)
+
+    lo, hi = pts.reshape(-1, 2).min(0).values, pts.reshape(-1, 2).max(0).values
+    pad = 0.25 * (hi - lo).max().clamp_min(1e-3)
+    gx = torch.linspace(float(lo[0] - pad), float(hi[0] + pad), 120, dtype=torch.float64)
+    gy = torch.linspace(float(lo[1] - pad), float(hi[1] + pad), 120, dtype=torch.float64)
+    xx, yy = torch.meshgrid(gx, gy, indexing="xy")
+    grid = torch.stack([xx, yy], -1).reshape(1, -1, 2)
+    batch = trajectory.diverged.shape[1]
+    device = next(iter(trajectory.states.values())).device
+    # Evaluate the whole batch's objective at the grid and keep row `index` (f is batched).
+    zz = evaluate(objective, grid.expand(batch, -1, -1).to(device))[index].reshape(xx.shape).cpu()
+    levels = torch.quantile(zz.flatten(), torch.linspace(0.0, 0.9, 14, dtype=torch.float64))
+    ax.contour(
+        xx.numpy(),
+        yy.numpy(),
+        zz.numpy(),
+        levels=torch.unique(levels).numpy(),
+        colors="0.75",
+        linewidths=0.6,
+    )
+
+    colors = [(0.1, 0.3, 0.8, 0.25 + 0.75 * i / max(len(steps) - 1, 1)) for i in range(len(steps))]
+    for k, color in zip(steps, colors, strict=True):
+        if "simplex" in states:
+            ax.add_patch(Polygon(pts[k].numpy(), closed=True, fill=False, edgecolor=color, lw=1.0))
+        elif "mean" in states:
+            vals, vecs = torch.linalg.eigh(states["C"][k])
+            minor, major = (states["sigma"][k] * vals.clamp_min(0).sqrt()).tolist()
+            angle = float(torch.rad2deg(torch.atan2(vecs[1, 1], vecs[0, 1])))  # major axis
+            ax.add_patch(
+                Ellipse(
+                    pts[k, 0].numpy(),
+                    2 * major,
+                    2 * minor,
+                    angle=angle,
+                    fill=False,
+                    edgecolor=color,
+                    lw=1.0,
+                )
+            )
+    path = pts[:, 0]
+    ax.plot(path[:, 0].numpy(), path[:, 1].numpy(), "-", color="tab:red", lw=0.8, ms=2, marker=".")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal", adjustable="datalim")
+    return fig, ax
+
+
+def plot_objective(
+    objective: Objective,
+    teacher: Teacher,
+    trajectory: Trajectory,
+    f_min: torch.Tensor | None = None,
+    ax: Axes | None = None,
+    label: str | None = None,
+) -> tuple[Figure, Axes]:
+    """f at the teacher's incumbent vs step: median over problems with a 10-90% band, log scale.
+
+    With `f_min` (B,), plots the gap f - f_min; diverged problems are left out from the step
+    they diverged.
+    """
+    fig, ax = _axes(ax)
+    values = []
+    for k in range(len(trajectory)):
+        x = teacher.incumbent(trajectory[k])
+        values.append(evaluate(objective, x[:, None, :])[:, 0])
+    f = torch.stack(values).detach().double().cpu()  # (K+1, B)
+    if f_min is not None:
+        f = (f - f_min.double().cpu()).clamp_min(1e-300)
+    f = f.masked_fill(trajectory.diverged.cpu(), float("nan"))
+    q = torch.nanquantile(f, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=1)
+    steps = torch.arange(f.shape[0]).numpy()
+    line = ax.plot(steps, q[1].numpy(), label=label or teacher.name)[0]
+    ax.fill_between(steps, q[0].numpy(), q[2].numpy(), color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step k")
+    ax.set_ylabel("f - f* (median, 10-90%)" if f_min is not None else "f (median, 10-90%)")
+    return fig, ax

@@ -1,0 +1,60 @@
+"""Rotated, shifted ellipsoid: f(x) = (x - x*)^T Q diag(lam) Q^T (x - x*).
+
+lam_i = condition^((i-1)/(n-1)) (the BBOB ellipsoid's spectrum, Hansen et al. 2009), Q a Haar
+rotation (QR of a Gaussian matrix with the signs of diag(R) folded in, Mezzadri 2007), and
+x* ~ U(-shift, shift)^n, all per instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from blockwise import random
+from blockwise.problems.base import Problem, check_number
+
+
+class Quadratic(Problem):
+    """Settings: condition (largest / smallest eigenvalue, >= 1), rotate (False keeps the axes),
+    shift (half-width of the box x* is drawn from)."""
+
+    family = "quadratic"
+    defaults = {"condition": 10.0, "rotate": True, "shift": 1.0}
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        check_number("quadratic", "condition", settings["condition"], 1)
+        check_number("quadratic", "shift", settings["shift"], 0)
+        if not isinstance(settings["rotate"], bool):
+            raise ValueError(f"quadratic: rotate must be a bool, got {settings['rotate']!r}")
+
+    @classmethod
+    def sample_params(cls, keys: Tensor, dim: int, settings: dict[str, Any]) -> dict[str, Tensor]:
+        batch = keys.shape[0]
+        exponents = torch.arange(dim, dtype=torch.float64) / max(dim - 1, 1)
+        eigvals = (settings["condition"] ** exponents).expand(batch, dim).clone()
+        if settings["rotate"]:
+            g = random.normal(random.fold(keys, 1), (dim, dim))
+            q, r = torch.linalg.qr(g)
+            rotation = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+        else:
+            rotation = torch.eye(dim, dtype=torch.float64).expand(batch, dim, dim).clone()
+        u = random.uniform(random.fold(keys, 0), (dim,))
+        return {"x_opt": (2 * u - 1) * settings["shift"], "rotation": rotation, "eigvals": eigvals}
+
+    def evaluate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        z = (x - p["x_opt"][:, None, :]) @ p["rotation"]  # (B, m, n): coordinates in Q's basis
+        return (p["eigvals"][:, None, :] * z**2).sum(-1)
+
+    def hessian_half(self) -> Tensor:
+        """A = Q diag(lam) Q^T (B, n, n), so that f(x) = (x - x*)^T A (x - x*)."""
+        q, lam = self.params["rotation"], self.params["eigvals"]
+        return (q * lam[:, None, :]) @ q.transpose(-1, -2)
+
+    def codec_params(self) -> dict[str, Tensor]:
+        return {"x_opt": self.params["x_opt"], "A": self.hessian_half()}
+
+    def minimizer(self) -> Tensor:
+        return self.params["x_opt"]

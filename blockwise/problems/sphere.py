@@ -1,0 +1,32 @@
+"""Shifted sphere: f(x) = ||x - x*||^2, with x* ~ U(-shift, shift)^n per instance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from blockwise import random
+from blockwise.problems.base import Problem, check_number
+
+
+class Sphere(Problem):
+    """Settings: shift (half-width of the box x* is drawn from; 0 puts x* at the origin)."""
+
+    family = "sphere"
+    defaults = {"shift": 1.0}
+
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        check_number("sphere", "shift", settings["shift"], 0)
+
+    @classmethod
+    def sample_params(cls, keys: Tensor, dim: int, settings: dict[str, Any]) -> dict[str, Tensor]:
+        u = random.uniform(random.fold(keys, 0), (dim,))
+        return {"x_opt": (2 * u - 1) * settings["shift"]}
+
+    def evaluate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        return ((x - p["x_opt"][:, None, :]) ** 2).sum(-1)
+
+    def minimizer(self) -> Tensor:
+        return self.params["x_opt"]

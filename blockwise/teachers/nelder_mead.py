@@ -1,0 +1,270 @@
+"""Nelder–Mead as scipy runs it, batched: the teacher "nelder_mead".
+
+This follows `scipy.optimize._optimize._minimize_neldermead` (scipy 1.17.1) rule for rule, so
+that a float64 trajectory equals scipy's bit for bit when f has no exact ties:
+
+* the initial simplex: x0 and, for each k, x0 with component k scaled by 1.05 (set to 0.00025
+  where it is 0); all n+1 vertices are evaluated (nfev = n+1) and sorted;
+* per step: centroid of the n best vertices, reflection, then expansion (greedy: xe is kept only
+  if f(xe) < f(xr)), acceptance of xr, outside contraction (kept if f(xc) <= f(xr)) or inside
+  contraction (kept if f(xcc) < f(worst)), else a shrink of every vertex towards the best one;
+* coefficients rho = 1, chi = 2, psi = 1/2, sigma = 1/2, or with `adaptive` the dimension-dependent
+  ones of Gao & Han, "Implementing the Nelder-Mead simplex algorithm with adaptive parameters",
+  Comput. Optim. Appl. 51:259-277 (2012): chi = 1 + 2/n, psi = 3/4 - 1/(2n), sigma = 1 - 1/n;
+* scipy's convergence test (max |x_i - x_0| <= xatol and max |f_i - f_0| <= fatol), run before
+  the step as scipy runs it at the top of its loop.
+
+Bitwise agreement needs the same floating-point operations as numpy: the centroid is a sequential
+row sum (numpy's `add.reduce` order, which `torch.sum` does not keep), trial points use scipy's
+elementwise expressions (no fused multiply-adds, no `alpha=`), and the sort is stable (scipy's
+`np.argsort` is not, so the two part ways only where f values tie exactly).
+
+The helpers below are written for the P worst vertices moved at once, so that
+`parallel_nelder_mead` (Lee & Wiswall 2007) shares them; scipy's NM is the case P = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from blockwise.problems import Objective, evaluate
+from blockwise.teachers.base import State, Teacher, check_state, check_x0
+
+BRANCHES = (
+    "expand",
+    "reflect_after_expand_test",
+    "reflect",
+    "outside_contraction",
+    "inside_contraction",
+    "shrink",
+)
+"""Names of the branch codes 0..5 in the `branch` extra; -1 marks a problem already done."""
+SHRINK = 5
+FROZEN = -1
+
+NONZDELT = 0.05  # scipy's relative step for a nonzero component of x0
+ZDELT = 0.00025  # scipy's absolute step for a zero component
+
+
+class Coefficients(NamedTuple):
+    """Reflection rho, expansion chi, contraction psi, shrink sigma (scipy's names)."""
+
+    rho: float
+    chi: float
+    psi: float
+    sigma: float
+
+
+def coefficients(n: int, adaptive: bool) -> Coefficients:
+    """scipy's coefficients for dimension n; the same Python arithmetic, hence the same floats."""
+    if not adaptive:
+        return Coefficients(1, 2, 0.5, 0.5)
+    dim = float(n)
+    return Coefficients(1, 1 + 2 / dim, 0.75 - 1 / (2 * dim), 1 - 1 / dim)
+
+
+def initial_simplex(x0: Tensor, step: float | None = None) -> Tensor:
+    """The unsorted simplex (B, n+1, n) around x0 (B, n): vertex 0 is x0, vertex k+1 moves x0[k].
+
+    step=None is scipy's construction (x0[k] * 1.05, or 0.00025 where x0[k] == 0); a float s
+    gives x0 + s e_k, the construction in Lee & Wiswall (2007), whose default is s = 1.
+    """
+    n = x0.shape[-1]
+    if step is None:
+        moved = torch.where(x0 != 0, (1 + NONZDELT) * x0, torch.full_like(x0, ZDELT))
+    else:
+        moved = x0 + step
+    eye = torch.eye(n, dtype=torch.bool, device=x0.device)
+    vertices = torch.where(eye, moved[:, None, :], x0[:, None, :])  # (B, n, n): row k moves x0[k]
+    return torch.cat([x0[:, None, :], vertices], dim=1)
+
+
+def centroid(vertices: Tensor) -> Tensor:
+    """Mean of vertices (B, m, n) -> (B, n), summed row after row as numpy's add.reduce does."""
+    total = vertices[:, 0]
+    for i in range(1, vertices.shape[1]):
+        total = total + vertices[:, i]
+    # A tensor divisor: CUDA turns division by a Python scalar into multiplication by its
+    # reciprocal, which can differ from numpy in the last bit.
+    return total / total.new_tensor(float(vertices.shape[1]))
+
+
+def evaluate_points(objective: Objective, points: Tensor) -> Tensor:
+    """f at points (B, M, n) -> (B, M), in the points' dtype."""
+    return evaluate(objective, points).to(points.dtype)
+
+
+def sort_simplex(simplex: Tensor, fvals: Tensor) -> tuple[Tensor, Tensor]:
+    """Vertices (B, n+1, n) and values (B, n+1) in ascending f; ties keep their order, NaN last."""
+    fvals, order = torch.sort(fvals, dim=1, stable=True)
+    simplex = simplex.gather(1, order[:, :, None].expand_as(simplex))
+    return simplex, fvals
+
+
+def init_state(objective: Objective, simplex: Tensor) -> State:
+    """The sorted state of a fresh simplex (B, n+1, n); nfev counts its n+1 evaluations."""
+    fvals = evaluate_points(objective, simplex)
+    simplex, fvals = sort_simplex(simplex, fvals)
+    batch, vertices = fvals.shape
+    return {
+        "simplex": simplex,
+        "fvals": fvals,
+        "nfev": torch.full((batch,), vertices, dtype=torch.int64, device=simplex.device),
+        "done": torch.zeros(batch, dtype=torch.bool, device=simplex.device),
+    }
+
+
+def check_tolerances(where: str, xatol: float | None, fatol: float | None) -> None:
+    """Both tolerances None (never stop) or both numbers >= 0, as scipy tests both together."""
+    if (xatol is None) != (fatol is None):
+        raise ValueError(
+            f"{where}: set both xatol and fatol or neither (got xatol={xatol!r}, "
+            f"fatol={fatol!r}); scipy stops only when both hold, so pass float('inf') to "
+            "test one alone"
+        )
+    for name, value in (("xatol", xatol), ("fatol", fatol)):
+        if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+            raise ValueError(f"{where}: {name} must be None or a number >= 0, got {value!r}")
+
+
+def converged(simplex: Tensor, fvals: Tensor, xatol: float | None, fatol: float | None) -> Tensor:
+    """(B,) scipy's test max|x_i - x_0| <= xatol and max|f_0 - f_i| <= fatol; never without both."""
+    if xatol is None or fatol is None:
+        return torch.zeros(fvals.shape[0], dtype=torch.bool, device=fvals.device)
+    spread_x = (simplex[:, 1:] - simplex[:, :1]).abs().amax(dim=(1, 2))
+    spread_f = (fvals[:, :1] - fvals[:, 1:]).abs().amax(dim=1)
+    return (spread_x <= xatol) & (spread_f <= fatol)
+
+
+def select(branch: Tensor, e: Tensor, r: Tensor, c: Tensor, cc: Tensor, old: Tensor) -> Tensor:
+    """Per branch code: xe (0), xr (1, 2), xc (3), xcc (4) or the old vertex (5); broadcasts."""
+    contract = torch.where(branch == 3, c, torch.where(branch == 4, cc, old))
+    return torch.where(branch == 0, e, torch.where(branch <= 2, r, contract))
+
+
+def scipy_moves(
+    objective: Objective, simplex: Tensor, fvals: Tensor, parallelism: int, coef: Coefficients
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scipy's step applied to each of the P worst vertices of a sorted simplex, all at once.
+
+    The P worst vertices are moved independently, each through the centroid of the n+1-P best,
+    each compared with its own predecessor where scipy compares with the second-worst vertex;
+    if all P contractions fail, every vertex shrinks towards the best one. P = 1 is scipy's step.
+    All candidates (4 per moved vertex, n shrink points) are evaluated in one objective call.
+
+    Args:
+        simplex: (B, n+1, n), sorted by fvals (B, n+1).
+    Returns:
+        simplex (B, n+1, n) and fvals (B, n+1), unsorted; branch (B, P) codes per moved vertex,
+        worst last (5: its contraction failed; the simplex shrank iff all P are 5); evals (B,)
+        the evaluations a sequential implementation makes (1 or 2 per vertex, n for a shrink).
+    """
+    rho, chi, psi, sigma = coef
+    n = simplex.shape[-1]
+    keep = n + 1 - parallelism
+    xbar = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
+    worst = simplex[:, keep:]  # (B, P, n)
+    # scipy's expressions verbatim, so every float64 operation rounds as numpy's does.
+    xr = (1 + rho) * xbar - rho * worst
+    xe = (1 + rho * chi) * xbar - rho * chi * worst
+    xc = (1 + psi * rho) * xbar - psi * rho * worst
+    xcc = (1 - psi) * xbar + psi * worst
+    best = simplex[:, :1]
+    shrunk = best + sigma * (simplex[:, 1:] - best)  # (B, n, n): from the original vertices
+    f = evaluate_points(objective, torch.cat([xr, xe, xc, xcc, shrunk], dim=1))
+    fr, fe, fc, fcc = f[:, :-n].split(parallelism, dim=1)  # each (B, P)
+
+    f_best = fvals[:, :1]
+    f_prev = fvals[:, keep - 1 : n]  # each moved vertex's predecessor; scipy's fsim[-2] at P = 1
+    f_worst = fvals[:, keep:]
+    expand = fr < f_best
+    reflect = ~expand & (fr < f_prev)
+    outside = ~expand & ~reflect & (fr < f_worst)
+    inside = ~expand & ~reflect & ~outside
+    # Each test is written as scipy's `if`, so NaN takes scipy's else-branches.
+    take_e, take_c, take_cc = fe < fr, fc <= fr, fcc < f_worst
+    branch = torch.where(expand, torch.where(take_e, 0, 1), torch.where(reflect, 2, SHRINK))
+    branch = torch.where(outside & take_c, 3, torch.where(inside & take_cc, 4, branch))
+
+    moved = torch.cat([simplex[:, :keep], select(branch[..., None], xe, xr, xc, xcc, worst)], 1)
+    moved_f = torch.cat([fvals[:, :keep], select(branch, fe, fr, fc, fcc, f_worst)], 1)
+    shrink = (branch == SHRINK).all(dim=1)
+    new = torch.where(shrink[:, None, None], torch.cat([best, shrunk], dim=1), moved)
+    new_f = torch.where(shrink[:, None], torch.cat([f_best, f[:, -n:]], dim=1), moved_f)
+    evals = (1 + (branch != 2).long()).sum(dim=1) + n * shrink.long()
+    return new, new_f, branch, evals
+
+
+def finish(
+    state: State, done: Tensor, simplex: Tensor, fvals: Tensor, branch: Tensor, evals: Tensor
+) -> tuple[State, dict[str, Tensor]]:
+    """The next state (sorted; done problems frozen) and the extras, from a step's moves."""
+    simplex, fvals = sort_simplex(simplex, fvals)
+    evals = torch.where(done, 0, evals)
+    new = {
+        "simplex": torch.where(done[:, None, None], state["simplex"], simplex),
+        "fvals": torch.where(done[:, None], state["fvals"], fvals),
+        "nfev": state["nfev"] + evals,
+        "done": done,
+    }
+    branch = torch.where(done.reshape((-1,) + (1,) * (branch.ndim - 1)), FROZEN, branch)
+    return new, {"branch": branch, "evals": evals}
+
+
+STATE_FIELDS = {
+    "simplex": "(B, n+1, n) vertices, sorted by f (stable: ties keep their previous order)",
+    "fvals": "(B, n+1) f at the vertices, ascending",
+    "nfev": "(B,) int64, evaluations so far, counted as scipy counts them",
+    "done": "(B,) bool, scipy's convergence test passed; the problem is frozen from then on",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NelderMead(Teacher):
+    """scipy's Nelder–Mead (`minimize(method="Nelder-Mead")`), batched.
+
+    Settings:
+        adaptive: Gao & Han's dimension-dependent coefficients (scipy's `adaptive=True`).
+        xatol, fatol: scipy's absolute tolerances; None (both) never stops. When set, the test
+            runs at the start of each step, as in scipy's loop, and marks the problem done.
+    """
+
+    adaptive: bool = False
+    xatol: float | None = None
+    fatol: float | None = None
+
+    name = "nelder_mead"
+    state_fields = STATE_FIELDS
+    extra_fields = {
+        "branch": f"(B,) int64: 0..5 = {', '.join(BRANCHES)}; -1 once done",
+        "evals": "(B,) int64, evaluations this step as scipy counts them: 1, 2, n+2; 0 once done",
+    }
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"{self.name}: adaptive must be a bool, got {self.adaptive!r}")
+        check_tolerances(self.name, self.xatol, self.fatol)
+
+    def init(self, objective: Objective, x0: Tensor) -> State:
+        """State from x0 (B, n): scipy's initial simplex, evaluated and sorted."""
+        x0 = check_x0(x0, self.name)
+        return init_state(objective, initial_simplex(x0))
+
+    def step(self, objective: Objective, state: State) -> tuple[State, dict[str, Tensor]]:
+        """One pass of scipy's loop for every problem not yet done."""
+        state = check_state(state, self)
+        simplex, fvals = state["simplex"], state["fvals"]
+        done = state["done"] | converged(simplex, fvals, self.xatol, self.fatol)
+        coef = coefficients(simplex.shape[-1], self.adaptive)
+        simplex, fvals, branch, evals = scipy_moves(objective, simplex, fvals, 1, coef)
+        new, extras = finish(state, done, simplex, fvals, branch, evals)
+        extras["branch"] = extras["branch"][:, 0]
+        return new, extras
+
+    def incumbent(self, state: State) -> Tensor:
+        """The best vertex (B, n)."""
+        return state["simplex"][:, 0]
