@@ -84,7 +84,9 @@ def rollout(teacher: Teacher | str, objective: Objective, x0: Tensor, steps: int
         # Extras count: a CMA step on NaN f values ranks garbage into a finite-looking state.
         bad = diverged[k] | ~_finite_rows(new, info)
         diverged[k + 1] = bad
-        state = {name: _keep(bad, state[name], new[name]) for name in state}
+        if bad.any():
+            new = {name: _keep(bad, state[name], new[name]) for name in state}
+        state = new
         for name, value in state.items():
             states[name][k + 1] = value
         for name, value in info.items():

@@ -100,9 +100,14 @@ def evaluate_points(objective: Objective, points: Tensor) -> Tensor:
 
 def sort_simplex(simplex: Tensor, fvals: Tensor) -> tuple[Tensor, Tensor]:
     """Vertices (B, n+1, n) and values (B, n+1) in ascending f; ties keep their order, NaN last."""
-    fvals, order = torch.sort(fvals, dim=1, stable=True)
+    # Without ties every sort gives the same order, and torch's unstable sort is several times
+    # faster; fall back to the stable one only when some row has equal values or two NaNs.
+    sorted_f, order = torch.sort(fvals, dim=1)
+    ties = (sorted_f[:, 1:] == sorted_f[:, :-1]).any() | (fvals.isnan().sum(1) > 1).any()
+    if ties:
+        sorted_f, order = torch.sort(fvals, dim=1, stable=True)
     simplex = simplex.gather(1, order[:, :, None].expand_as(simplex))
-    return simplex, fvals
+    return simplex, sorted_f
 
 
 def init_state(objective: Objective, simplex: Tensor) -> State:
@@ -154,7 +159,8 @@ def scipy_moves(
     The P worst vertices are moved independently, each through the centroid of the n+1-P best,
     each compared with its own predecessor where scipy compares with the second-worst vertex;
     if all P contractions fail, every vertex shrinks towards the best one. P = 1 is scipy's step.
-    All candidates (4 per moved vertex, n shrink points) are evaluated in one objective call.
+    The 4 candidates per moved vertex are evaluated in one objective call; the n shrink points
+    only when some problem shrinks (rarely), in a second call.
 
     Args:
         simplex: (B, n+1, n), sorted by fvals (B, n+1).
@@ -169,14 +175,13 @@ def scipy_moves(
     xbar = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
     worst = simplex[:, keep:]  # (B, P, n)
     # scipy's expressions verbatim, so every float64 operation rounds as numpy's does.
-    xr = (1 + rho) * xbar - rho * worst
     xe = (1 + rho * chi) * xbar - rho * chi * worst
+    xr = (1 + rho) * xbar - rho * worst
     xc = (1 + psi * rho) * xbar - psi * rho * worst
     xcc = (1 - psi) * xbar + psi * worst
-    best = simplex[:, :1]
-    shrunk = best + sigma * (simplex[:, 1:] - best)  # (B, n, n): from the original vertices
-    f = evaluate_points(objective, torch.cat([xr, xe, xc, xcc, shrunk], dim=1))
-    fr, fe, fc, fcc = f[:, :-n].split(parallelism, dim=1)  # each (B, P)
+    candidates = torch.cat([xe, xr, xc, xcc], dim=1)  # (B, 4P, n)
+    f = evaluate_points(objective, candidates)
+    fe, fr, fc, fcc = f.split(parallelism, dim=1)  # each (B, P)
 
     f_best = fvals[:, :1]
     f_prev = fvals[:, keep - 1 : n]  # each moved vertex's predecessor; scipy's fsim[-2] at P = 1
@@ -190,11 +195,23 @@ def scipy_moves(
     branch = torch.where(expand, torch.where(take_e, 0, 1), torch.where(reflect, 2, SHRINK))
     branch = torch.where(outside & take_c, 3, torch.where(inside & take_cc, 4, branch))
 
-    moved = torch.cat([simplex[:, :keep], select(branch[..., None], xe, xr, xc, xcc, worst)], 1)
-    moved_f = torch.cat([fvals[:, :keep], select(branch, fe, fr, fc, fcc, f_worst)], 1)
-    shrink = (branch == SHRINK).all(dim=1)
-    new = torch.where(shrink[:, None, None], torch.cat([best, shrunk], dim=1), moved)
-    new_f = torch.where(shrink[:, None], torch.cat([f_best, f[:, -n:]], dim=1), moved_f)
+    # The kept trial point per vertex: codes 0 -> xe, 1 and 2 -> xr, 3 -> xc, 4 -> xcc; code 5
+    # (failed contraction) keeps the old vertex, so its slot 0 is a placeholder replaced below.
+    # Index into candidates (B, 4P, n): block slot, row p within it.
+    slot = torch.tensor((0, 1, 1, 2, 3, 0), device=branch.device)[branch] * parallelism
+    slot = slot + torch.arange(parallelism, device=branch.device)  # (B, P)
+    picked = candidates.gather(1, slot[..., None].expand(-1, -1, n))  # (B, P, n)
+    picked_f = f.gather(1, slot)
+    failed = branch == SHRINK
+    new = torch.cat([simplex[:, :keep], torch.where(failed[..., None], worst, picked)], 1)
+    new_f = torch.cat([fvals[:, :keep], torch.where(failed, f_worst, picked_f)], 1)
+    shrink = failed.all(dim=1)
+    if shrink.any():
+        best = simplex[:, :1]
+        shrunk = best + sigma * (simplex[:, 1:] - best)  # (B, n, n): from the original vertices
+        f_shrunk = evaluate_points(objective, shrunk)
+        new = torch.where(shrink[:, None, None], torch.cat([best, shrunk], dim=1), new)
+        new_f = torch.where(shrink[:, None], torch.cat([f_best, f_shrunk], dim=1), new_f)
     evals = (1 + (branch != 2).long()).sum(dim=1) + n * shrink.long()
     return new, new_f, branch, evals
 
@@ -204,14 +221,12 @@ def finish(
 ) -> tuple[State, dict[str, Tensor]]:
     """The next state (sorted; done problems frozen) and the extras, from a step's moves."""
     simplex, fvals = sort_simplex(simplex, fvals)
-    evals = torch.where(done, 0, evals)
-    new = {
-        "simplex": torch.where(done[:, None, None], state["simplex"], simplex),
-        "fvals": torch.where(done[:, None], state["fvals"], fvals),
-        "nfev": state["nfev"] + evals,
-        "done": done,
-    }
-    branch = torch.where(done.reshape((-1,) + (1,) * (branch.ndim - 1)), FROZEN, branch)
+    if done.any():
+        evals = torch.where(done, 0, evals)
+        simplex = torch.where(done[:, None, None], state["simplex"], simplex)
+        fvals = torch.where(done[:, None], state["fvals"], fvals)
+        branch = torch.where(done.reshape((-1,) + (1,) * (branch.ndim - 1)), FROZEN, branch)
+    new = {"simplex": simplex, "fvals": fvals, "nfev": state["nfev"] + evals, "done": done}
     return new, {"branch": branch, "evals": evals}
 
 
