@@ -12,7 +12,7 @@ from typing import Any
 
 import torch  # noqa: F401  (used by the doctest above)
 
-from blockwise.problems.base import Objective, Problem, check_points, evaluate, gradient
+from blockwise.problems.base import Frame, Objective, Problem, check_points, evaluate, gradient
 from blockwise.problems.least_squares import LeastSquares
 from blockwise.problems.quadratic import Quadratic
 from blockwise.problems.rastrigin import Rastrigin
@@ -32,6 +32,6 @@ def make(family: str, batch: int, dim: int, seed: int, **settings: Any) -> Probl
 
 
 __all__ = [
-    "REGISTRY", "Objective", "Problem", "check_points", "evaluate", "gradient", "make",
+    "REGISTRY", "Frame", "Objective", "Problem", "check_points", "evaluate", "gradient", "make",
     "LeastSquares", "Quadratic", "Rastrigin", "Rosenbrock", "Sphere",
 ]

@@ -9,6 +9,7 @@ and in any dtype; evaluation casts them to the points' dtype and device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
@@ -83,9 +84,18 @@ class Problem:
             (g,) = torch.autograd.grad(self(x).sum(), x)
         return g
 
-    def codec_params(self) -> dict[str, Tensor]:
-        """What the network is told about f, per instance (leading dimension B)."""
-        return dict(self.params)
+    def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
+        """What the network is told about f, as groups of tokens: name -> (B, T, w).
+
+        Each group is T tokens with w slots of their own. With a frame, the tokens describe the
+        objective in the codec's frame, g(x') = (f(centre + scale x') - f_shift) / f_scale, so a
+        step can be learned scale-free. This default gives the raw parameters and the frame
+        itself as a token; families with a closed form in the frame override it.
+        """
+        frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
+        tokens = {name: _as_tokens(value) for name, value in self.params.items()}
+        tokens["frame"] = frame.as_token()
+        return tokens
 
     def minimizer(self) -> Tensor | None:
         """The global minimizer (B, n) where the family knows it, else None."""
@@ -100,6 +110,10 @@ class Problem:
         centre = self.minimizer()
         x0 = (2 * u - 1) * radius + (0.0 if centre is None else centre)
         return x0.to(dtype)
+
+    @property
+    def params_dtype(self) -> torch.dtype:
+        return next(iter(self.params.values())).dtype
 
     @property
     def batch_size(self) -> int:
@@ -127,6 +141,45 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(batch={self.batch_size}, dim={self.dim}, {self.settings})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """An affine frame for points and values: x = centre + scale x', f = f_shift + f_scale f'.
+
+    Attributes: centre (B, n); scale, f_shift, f_scale (B,), scales > 0.
+    """
+
+    centre: Tensor
+    scale: Tensor
+    f_shift: Tensor
+    f_scale: Tensor
+
+    @classmethod
+    def identity(cls, batch: int, dim: int, dtype: torch.dtype = torch.float64) -> Frame:
+        zeros, ones = torch.zeros(batch, dtype=dtype), torch.ones(batch, dtype=dtype)
+        return cls(torch.zeros(batch, dim, dtype=dtype), ones, zeros, ones)
+
+    def as_token(self) -> Tensor:
+        """(B, 1, n + 3): [centre, scale, f_shift, f_scale]."""
+        scalars = torch.stack([self.scale, self.f_shift, self.f_scale], -1)
+        return torch.cat([self.centre, scalars], -1)[:, None, :]
+
+    def value_scales(self) -> Tensor:
+        """(B, 1, 2): [scale^2 / f_scale, -f_shift / f_scale], the curvature and offset a
+        quadratic-type objective picks up in the frame."""
+        return torch.stack([self.scale**2 / self.f_scale, -self.f_shift / self.f_scale], -1)[
+            :, None, :
+        ]
+
+
+def _as_tokens(value: Tensor) -> Tensor:
+    """A per-instance parameter as tokens: (B,) -> (B, 1, 1), (B, w) -> (B, 1, w), (B, T, w)."""
+    if value.ndim == 1:
+        return value[:, None, None]
+    if value.ndim == 2:
+        return value[:, None, :]
+    return value
 
 
 def check_points(x: Tensor, batch: int, dim: int, where: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from blockwise import random
-from blockwise.problems.base import Problem, check_number, check_points
+from blockwise.problems.base import Frame, Problem, check_number, check_points
 
 
 class LeastSquares(Problem):
@@ -40,7 +40,11 @@ class LeastSquares(Problem):
         y = (x * w[:, None, :]).sum(-1) + eps
         # The last pair is the query (x_q, y_q): the network predicts y_q, never sees it.
         return {
-            "x": x[:, :-1], "y": y[:, :-1], "x_query": x[:, -1], "y_query": y[:, -1], "w_true": w,
+            "x": x[:, :-1],
+            "y": y[:, :-1],
+            "x_query": x[:, -1],
+            "y_query": y[:, -1],
+            "w_true": w,
         }
 
     def evaluate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
@@ -54,8 +58,18 @@ class LeastSquares(Problem):
         residual = x @ p["x"].transpose(-1, -2) - p["y"][:, None, :]  # (B, m, N)
         return residual @ p["x"] / p["x"].shape[1]
 
-    def codec_params(self) -> dict[str, Tensor]:
-        return {"x": self.params["x"], "y": self.params["y"], "x_query": self.params["x_query"]}
+    def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
+        """context (N tokens [x_i, y_i']) and value_scales (1 token: curvature, offset), with
+        y_i' = (y_i - centre.x_i) / scale, so g(w') = curvature (1/2N) sum (w'.x_i - y_i')^2
+        + offset. The query pair is not a token: the step optimizes w, not a prediction.
+        """
+        frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
+        x, y = self.params["x"], self.params["y"]
+        y_frame = (y - (x * frame.centre[:, None, :]).sum(-1)) / frame.scale[:, None]
+        return {
+            "context": torch.cat([x, y_frame[..., None]], -1),
+            "value_scales": frame.value_scales(),
+        }
 
     def minimizer(self) -> Tensor:
         """The minimum-norm least-squares solution (w* itself when noise = 0 and N >= d)."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from blockwise import random
-from blockwise.problems.base import Problem, check_number
+from blockwise.problems.base import Frame, Problem, check_number
 
 
 class Quadratic(Problem):
@@ -53,8 +53,18 @@ class Quadratic(Problem):
         q, lam = self.params["rotation"], self.params["eigvals"]
         return (q * lam[:, None, :]) @ q.transpose(-1, -2)
 
-    def codec_params(self) -> dict[str, Tensor]:
-        return {"x_opt": self.params["x_opt"], "A": self.hessian_half()}
+    def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
+        """A (n tokens, rows of A scaled by scale^2 / f_scale), x_opt (1 token, in the frame),
+        value_scales (1 token: curvature, offset), so g(x') = curvature-scaled quadratic + offset.
+        """
+        frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
+        curvature = (frame.scale**2 / frame.f_scale)[:, None, None]
+        x_opt = (self.params["x_opt"] - frame.centre) / frame.scale[:, None]
+        return {
+            "A": self.hessian_half() * curvature,
+            "x_opt": x_opt[:, None, :],
+            "offset": (-frame.f_shift / frame.f_scale)[:, None, None],
+        }
 
     def minimizer(self) -> Tensor:
         return self.params["x_opt"]

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from blockwise import random
-from blockwise.problems.base import Problem, check_number
+from blockwise.problems.base import Frame, Problem, check_number
 
 
 class Sphere(Problem):
@@ -27,6 +27,13 @@ class Sphere(Problem):
 
     def evaluate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
         return ((x - p["x_opt"][:, None, :]) ** 2).sum(-1)
+
+    def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
+        """x_opt (1 token, in the frame) and value_scales (1 token: curvature, offset):
+        g(x') = curvature ||x' - x_opt'||^2 + offset."""
+        frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
+        x_opt = (self.params["x_opt"] - frame.centre) / frame.scale[:, None]
+        return {"x_opt": x_opt[:, None, :], "value_scales": frame.value_scales()}
 
     def minimizer(self) -> Tensor:
         return self.params["x_opt"]
