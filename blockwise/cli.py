@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from blockwise import problems, teachers
+from blockwise.config import describe_recipe, dump_recipe, load_recipe
 from blockwise.rollout import rollout
 
 NM_BRANCHES = ("expand", "reflect*", "reflect", "outside", "inside", "shrink")
@@ -48,6 +49,33 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe(args: argparse.Namespace) -> int:
+    """Print the documentation of every recipe field, or check a recipe and print it resolved."""
+    if args.file is None:
+        print(describe_recipe(), end="")
+    else:
+        print(dump_recipe(load_recipe(args.file, args.overrides)), end="")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a recipe: rollouts, per-block pretraining, per-block errors with controls."""
+    import dataclasses
+
+    from blockwise.pipeline import OutputDirError
+    from blockwise.pipeline import run as run_recipe
+
+    recipe = load_recipe(args.file, args.overrides)
+    if args.out is not None:
+        recipe = dataclasses.replace(recipe, out=args.out)
+    try:
+        run_recipe(recipe, force=args.force)
+    except OutputDirError as err:
+        print(f"blockwise run: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _setting(text: str) -> tuple[str, object]:
     import yaml
 
@@ -77,6 +105,39 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="runs/demo")
     d.set_defaults(func=demo)
+
+    r = sub.add_parser(
+        "recipe",
+        help="document the recipe fields, or check a recipe and print it resolved",
+        description="Without FILE, print every recipe field. With FILE, check the recipe and\n"
+        "its --set overrides, and print it with every field resolved; nothing is written.",
+        epilog=describe_recipe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("file", nargs="?", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a field, e.g. --set train.lr=3e-4 (the value is YAML)",
+    )
+    r.set_defaults(func=recipe)
+
+    u = sub.add_parser(
+        "run",
+        help="run a recipe: rollouts, per-block pretraining, per-block errors",
+        description="Run a recipe into its output directory (recipe.out, or --out). A finished "
+        "run is not redone; an interrupted one resumes; a directory holding anything else is "
+        "refused unless --force.",
+    )
+    u.add_argument("file", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
+    u.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY.PATH=VALUE", help="override a field (the value is YAML)")
+    u.add_argument("--out", default=None, help="output directory (default: recipe.out)")
+    u.add_argument("--force", action="store_true", help="replace an existing output directory")
+    u.set_defaults(func=run)
     return p
 
 

@@ -316,6 +316,15 @@ def test_candidates_have_mean_m_and_covariance_sigma2_C():
     assert (torch.cov(x.T) - target).abs().max() < 0.06 * target.abs().max()
 
 
+@pytest.mark.parametrize("sampler", ["normal", "sobol"])
+def test_candidates_are_the_points_step_samples(sampler):
+    problem = _problem("quadratic", 3, 4, seed=5)
+    teacher = CMAES(sampler=sampler)
+    traj = blockwise.rollout(teacher, problem, problem.sample_x0(seed=6), steps=3)
+    for k in range(3):
+        assert torch.equal(teacher.candidates(traj[k]), traj.extras["candidates"][k])
+
+
 @pytest.mark.parametrize("sampler", ["normal", "mirrored", "sobol"])
 def test_rows_alone_equal_the_batch(sampler):
     problem = _problem("rosenbrock", 4, 3, seed=3)

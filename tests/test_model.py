@@ -47,12 +47,19 @@ def test_block_equals_its_formula(norm, mlp_ratio):
     torch.manual_seed(2)
     block = Block(12, 3, mlp_ratio=mlp_ratio, norm=norm).double()
     h = torch.randn(2, 6, 12, dtype=torch.float64)
-    ln1 = torch.nn.functional.layer_norm
-    n1 = lambda x: ln1(x, (12,), block.norm_attn.weight, block.norm_attn.bias)
-    n2 = lambda x: ln1(x, (12,), block.norm_mlp.weight, block.norm_mlp.bias)
-    if norm == "none":
-        n1 = n2 = lambda x: x
-    mlp = block.mlp if block.mlp is not None else (lambda x: torch.zeros_like(x))
+    def n1(x):
+        if norm == "none":
+            return x
+        ln = block.norm_attn
+        return torch.nn.functional.layer_norm(x, (12,), ln.weight, ln.bias)
+
+    def n2(x):
+        if norm == "none":
+            return x
+        ln = block.norm_mlp
+        return torch.nn.functional.layer_norm(x, (12,), ln.weight, ln.bias)
+
+    mlp = block.mlp if block.mlp is not None else torch.zeros_like
     if norm == "post":
         mid = n1(h + block.attn(h))
         out = n2(mid + mlp(mid)) if block.mlp is not None else mid

@@ -71,6 +71,14 @@ class LeastSquares(Problem):
             "value_scales": frame.value_scales(),
         }
 
+    def sample_x0(
+        self, seed: int, radius: float = 2.0, dtype: torch.dtype = torch.float64
+    ) -> Tensor:
+        """Starting weights U(-radius, radius)^d around 0, not around the answer: w* is what
+        the task hides (von Oswald et al. start GD at W_0 = 0)."""
+        keys = random.fold(random.key(seed), torch.arange(self.batch_size))
+        return ((2 * random.uniform(keys, (self.dim,)) - 1) * radius).to(dtype)
+
     def minimizer(self) -> Tensor:
         """The minimum-norm least-squares solution (w* itself when noise = 0 and N >= d)."""
         return torch.linalg.lstsq(self.params["x"], self.params["y"][..., None]).solution[..., 0]

@@ -123,24 +123,24 @@ class CMAES(Teacher):
         """The mean (B, n): CMA-ES's estimate of the optimum."""
         return state["mean"]
 
+    def candidates(self, state: State) -> Tensor:
+        """The generation's points x_k (B, lambda, n), exactly as `step` samples them."""
+        _check_shapes(check_state(state, self))
+        _, basis, d = _decompose(state["C"])
+        return self._sample(state, basis, d)
+
     def step(
         self, objective: Objective, state: State, candidates: Tensor | None = None
     ) -> tuple[State, dict[str, Tensor]]:
         """One generation. `candidates` (B, lambda, n), if given, replace the sampled points."""
         _check_shapes(check_state(state, self))
-        mean, sigma = state["mean"], state["sigma"]
+        mean = state["mean"]
         batch, n = mean.shape
         p = self.params(n)
-        C = (state["C"] + state["C"].mT) / 2  # pycma symmetrises at each decomposition
-        evals, basis = torch.linalg.eigh(C)
-        d = evals.sqrt()  # (B, n); NaN if C is not positive definite
+        C, basis, d = _decompose(state["C"])
         inv_sqrt = (basis / d[:, None, :]) @ basis.mT  # C^-1/2 = B D^-1 B^T
         if candidates is None:
-            z = standard_normals(
-                self.sampler, state["key"], state["generation"], p.popsize, n, mean.dtype
-            )
-            y = z @ ((basis * d[:, None, :]) @ basis.mT)  # eq. (39), C^1/2 is symmetric
-            x = mean[:, None, :] + sigma[:, None, None] * y  # eq. (40)
+            x = self._sample(state, basis, d)
         else:
             x = _check_candidates(candidates, batch, p.popsize, n).to(mean)
         f = evaluate(objective, x)
@@ -154,6 +154,16 @@ class CMAES(Teacher):
                 mask = bad.reshape((-1,) + (1,) * (value.ndim - 1))
                 new[name] = value.masked_fill(mask, float("nan"))
         return new, {"candidates": x, "fvals": f, "h_sigma": h_sigma}
+
+    def _sample(self, state: State, basis: Tensor, d: Tensor) -> Tensor:
+        """Eqs. (38)-(40): x_k = m + sigma C^1/2 z_k (B, lambda, n), from C's eigenbasis."""
+        mean = state["mean"]
+        n = mean.shape[1]
+        z = standard_normals(
+            self.sampler, state["key"], state["generation"], self.params(n).popsize, n, mean.dtype
+        )
+        y = z @ ((basis * d[:, None, :]) @ basis.mT)  # eq. (39), C^1/2 is symmetric
+        return mean[:, None, :] + state["sigma"][:, None, None] * y  # eq. (40)
 
     def _update(
         self, p: CMAParams, state: State, C: Tensor, inv_sqrt: Tensor, x: Tensor, f: Tensor
@@ -220,6 +230,13 @@ class CMAES(Teacher):
             "key": state["key"],
         }
         return new, h_sigma
+
+
+def _decompose(C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The symmetrised C (B, n, n), its eigenvectors (B, n, n) and sqrt eigenvalues D (B, n)."""
+    C = (C + C.mT) / 2  # pycma symmetrises at each decomposition
+    evals, basis = torch.linalg.eigh(C)
+    return C, basis, evals.sqrt()  # D is NaN if C is not positive definite
 
 
 def row_keys(seed: int, x0: Tensor) -> Tensor:

@@ -1,0 +1,176 @@
+"""The Nelder–Mead codec: a sorted simplex as n+1 vertex tokens.
+
+Serves "nelder_mead" and "parallel_nelder_mead" (P = `parallelism` worst vertices move per
+step; P = 1 for "nelder_mead"). Tokens, after the problem tokens (in_context mode only):
+
+    kind            count  index       coords  f      holds
+    vertex          n+1    rank 0..n   v_i     f_i    the sorted simplex, best first
+    oracle mode only, every point the step can move a vertex to, with its f:
+    reflect         P      rank j      xr_j    f      reflection of moved vertex j (ranks n+1-P..n)
+    expand          P      rank j      xe_j    f      expansion
+    contract_out    P      rank j      xc_j    f      outside contraction
+    contract_in     P      rank j      xcc_j   f      inside contraction
+    shrink          n      rank i      s_i     f      vertex i >= 1 shrunk towards the best
+    shrink_reflect  P      rank j      sr_j    f      rules="paper" only: xr_j shrunk (the
+                                                      paper shrinks Ã_j, which may be xr_j)
+
+Slots: type, one, index (n+1, the rank: NM's rules depend on it), coords (n), f (1), then one
+group per problem token group. The vertex index one-hot gives each token its rank, which the
+comparisons f_r < f_0, f_r < f_{j-1}, f_r < f_j need.
+
+Objective modes: in_context gives the current vertices and their f, and the network must compute
+f at whatever points it moves to. oracle computes every trial point and shrink point here, with
+the teacher's own expressions (so they are the same floats), evaluates them, and gives them as
+tokens: the next simplex is then a selection of tokens (sorted), and the problem tokens are left
+out. Trial points follow the teacher's rules and coefficients (scipy's, Gao & Han's adaptive
+ones, or Lee & Wiswall's).
+
+Frame: centre = the best vertex v_0, scale = max_i ||v_i - v_0||_inf, f_shift = f_0,
+f_scale = f_n - f_0 (both floored at float resolution, see `frame.floor`), so the input simplex
+has coordinates in [-1, 1] with v_0 at 0, and f in [0, 1].
+
+Learned fields: simplex, fvals (the next sorted simplex, read from the vertex tokens).
+Not emulated: nfev is carried unchanged (its increment depends on the branch taken) and so is
+done (the xatol / fatol convergence test is not emulated: use rollouts without tolerances, or
+leave done rows out, whose target equals their input).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from blockwise.codec import frame as frames
+from blockwise.codec.base import Codec, Placement
+from blockwise.codec.layout import Segment
+from blockwise.problems import Frame, Objective, evaluate
+from blockwise.teachers.base import State
+from blockwise.teachers.nelder_mead import centroid, coefficients
+from blockwise.teachers.parallel_nelder_mead import ALPHA, BETA, GAMMA, TAU, ParallelNelderMead
+
+TRIALS = {
+    "reflect": "reflection xr of a moved vertex",
+    "expand": "expansion xe",
+    "contract_out": "outside contraction xc",
+    "contract_in": "inside contraction xcc",
+}
+
+
+def trial_points(simplex: Tensor, parallelism: int, rules: str, adaptive: bool) -> dict:
+    """Every point a step of the sorted simplex (B, n+1, n) can move a vertex to.
+
+    Returns kind -> points: the TRIALS kinds (B, P, n) for the P worst vertices, worst last;
+    "shrink" (B, n, n) for vertices 1..n; with rules="paper" also "shrink_reflect" (B, P, n).
+    The expressions are the teachers' own, so each point is bitwise the one the step evaluates.
+    """
+    n = simplex.shape[-1]
+    keep = n + 1 - parallelism
+    xbar = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
+    worst = simplex[:, keep:]  # (B, P, n)
+    best = simplex[:, :1]
+    if rules == "scipy":
+        rho, chi, psi, sigma = coefficients(n, adaptive)
+        return {
+            "reflect": (1 + rho) * xbar - rho * worst,
+            "expand": (1 + rho * chi) * xbar - rho * chi * worst,
+            "contract_out": (1 + psi * rho) * xbar - psi * rho * worst,
+            "contract_in": (1 - psi) * xbar + psi * worst,
+            "shrink": best + sigma * (simplex[:, 1:] - best),
+        }
+    ar = xbar + ALPHA * (xbar - worst)
+    return {
+        "reflect": ar,
+        "expand": ar + GAMMA * (ar - xbar),
+        "contract_out": xbar + BETA * (ar - xbar),
+        "contract_in": xbar + BETA * (worst - xbar),
+        "shrink": TAU * best + (1 - TAU) * simplex[:, 1:],
+        "shrink_reflect": TAU * best + (1 - TAU) * ar,
+    }
+
+
+class SimplexCodec(Codec):
+    """Vertex tokens with rank one-hots; in oracle mode also trial and shrink point tokens."""
+
+    learned_fields = ("simplex", "fvals")
+    bookkeeping = {
+        "nfev": "carried unchanged (its increment depends on the branch taken)",
+        "done": "carried unchanged (the xatol / fatol convergence test is not emulated)",
+    }
+    index_meaning = "vertex rank; for a trial or shrink point, the rank of the vertex it moves"
+
+    def _configure(self) -> None:
+        parallel = isinstance(self.teacher, ParallelNelderMead)
+        self.parallelism = self.teacher.parallelism if parallel else 1
+        self.rules = self.teacher.rules if parallel else "scipy"
+        if self.parallelism > self.dim:
+            raise ValueError(
+                f"{self.name} codec: parallelism must be <= n = {self.dim}, "
+                f"got {self.parallelism}"
+            )
+
+    def _slots(self) -> dict[str, tuple[int, str]]:
+        return {"coords": (self.dim, "point coordinates"), "f": (1, "f at the point")}
+
+    def _segments(self) -> list[Segment]:
+        n, p = self.dim, self.parallelism
+        ranks = tuple(range(n + 1))
+        segments = [Segment("vertex", n + 1, ("coords", "f"), "simplex, best first", ranks)]
+        if self.mode == "oracle":
+            moved = ranks[n + 1 - p :]
+            segments += [Segment(k, p, ("coords", "f"), m, moved) for k, m in TRIALS.items()]
+            segments.append(Segment("shrink", n, ("coords", "f"), "shrink points", ranks[1:]))
+            if self.rules == "paper":
+                meaning = "reflections shrunk towards the best"
+                segments.append(Segment("shrink_reflect", p, ("coords", "f"), meaning, moved))
+        return segments
+
+    def _placements(self) -> dict[str, Placement]:
+        n = self.dim
+        return {
+            "simplex": Placement("vertex", "coords", (n + 1, n)),
+            "fvals": Placement("vertex", "f", (n + 1,)),
+        }
+
+    def _inputs(self, state: State, objective: Objective) -> dict[str, Tensor]:
+        """Oracle mode: trial and shrink points (B, count, n) and, under "f_" + kind, their f."""
+        if self.mode != "oracle":
+            return {}
+        adaptive = self.teacher.adaptive
+        points = trial_points(state["simplex"], self.parallelism, self.rules, adaptive)
+        stacked = torch.cat(list(points.values()), dim=1)
+        f = evaluate(objective, stacked).to(stacked.dtype)  # one call for all of them
+        counts = [x.shape[1] for x in points.values()]
+        values = {"f_" + kind: v for kind, v in zip(points, f.split(counts, dim=1), strict=True)}
+        return {**points, **values}
+
+    def _frame(self, state: State, inputs: dict[str, Tensor]) -> Frame:
+        simplex, fvals = state["simplex"], state["fvals"]
+        best = simplex[:, 0]
+        spread = (simplex - best[:, None, :]).abs().amax(dim=(1, 2))
+        scale = frames.floor(spread, simplex.abs().amax(dim=(1, 2)))
+        f_scale = frames.floor(fvals[:, -1] - fvals[:, 0], fvals.abs().amax(dim=1))
+        return Frame(best, scale, fvals[:, 0], f_scale)
+
+    def _put_inputs(
+        self, tokens: Tensor, state: State, inputs: dict[str, Tensor], frame: Frame
+    ) -> None:
+        for kind in self.positions:
+            if kind in inputs:
+                self.layout.put(tokens, kind, "coords", frames.points_to(frame, inputs[kind]))
+                f = frames.values_to(frame, inputs["f_" + kind])
+                self.layout.put(tokens, kind, "f", f[..., None])
+
+    def _to_frame(self, state: State, frame: Frame) -> dict[str, Tensor]:
+        return {
+            "simplex": frames.points_to(frame, state["simplex"]),
+            "fvals": frames.values_to(frame, state["fvals"]),
+        }
+
+    def _from_frame(self, fields: dict[str, Tensor], frame: Frame) -> dict[str, Tensor]:
+        return {
+            "simplex": frames.points_from(frame, fields["simplex"]),
+            "fvals": frames.values_from(frame, fields["fvals"]),
+        }
+
+    def _carry(self, state: State) -> State:
+        return {"nfev": state["nfev"], "done": state["done"]}

@@ -1,0 +1,221 @@
+"""The recipe schema: frozen dataclasses, every field typed, defaulted and documented once.
+
+A field's doc string and any constraint on its value alone live in its metadata (`setting`,
+`section`), so the loader (`load.py`) and the printed documentation (`docs.py`) read one
+source. Constraints between fields, and those that need a problem or teacher to be built, are
+checked by the loader after the fields themselves.
+
+The defaults are the quickstart, Nelder–Mead on 2-D quadratics: 5 small blocks, a few epochs
+on 4096 problems, sized to train on 2 CPU cores in under 3 minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+from blockwise import problems, teachers
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A constraint on a value of the right type: `ok(value)`, and the words for what it wants,
+    appended to the type's description ("an int" + ">= 1")."""
+
+    ok: Callable[[Any], bool]
+    expects: str
+
+
+def at_least(low: float) -> Check:
+    return Check(lambda v: v >= low, f">= {low}")
+
+
+def above(low: float) -> Check:
+    return Check(lambda v: v > low, f"> {low}")
+
+
+def one_of(registry: dict[str, Any]) -> Check:
+    # The words list the registry as imported; a name registered later still passes `ok`.
+    return Check(lambda v: v in registry, f"naming one of {', '.join(sorted(registry))}")
+
+
+# Seeds reach Lightning's seed_everything, which wants an unsigned 32-bit int.
+SEED = Check(lambda v: 0 <= v < 2**32, "in [0, 2^32)")
+
+
+def setting(default: Any, doc: str, check: Check | None = None) -> Any:
+    """A field with its default, its one doc string and an optional constraint."""
+    metadata = {"doc": doc, "check": check}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def section(factory: Callable[[], Any], doc: str) -> Any:
+    """A nested section; `factory` makes its defaults (two sections may share a type)."""
+    return dataclasses.field(default_factory=factory, metadata={"doc": doc, "check": None})
+
+
+# Lightning's precision names, so a typo stops at validation rather than at Trainer().
+Precision = Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemConfig:
+    family: str = setting(
+        "quadratic", "Objective family, a key of blockwise.problems.REGISTRY.",
+        one_of(problems.REGISTRY),
+    )
+    dim: int = setting(2, "n, the dimension of the search space.", at_least(1))
+    settings: dict[str, Any] = setting(
+        {}, "The family's settings (e.g. condition for quadratic); omitted ones take the "
+        "family's defaults, and the resolved recipe lists them all."
+    )
+    x0_radius: float = setting(
+        2.0, "Starting points are the minimizer (or 0) + U(-r, r)^n with r this radius.",
+        above(0),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    name: str = setting(
+        "nelder_mead", "The optimizer emulated, a key of blockwise.teachers.REGISTRY.",
+        one_of(teachers.REGISTRY),
+    )
+    settings: dict[str, Any] = setting(
+        {}, "The teacher's settings (e.g. adaptive for nelder_mead, sigma0 for cma_es); "
+        "omitted ones take the teacher's defaults, and the resolved recipe lists them all."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig:
+    mode: Literal["in_context", "oracle"] = setting(
+        "in_context", "How the network learns f: in_context (problem tokens carry f's "
+        "parameters, the network evaluates f itself) or oracle (f values computed outside "
+        "the network are given as tokens)."
+    )
+    frame: bool = setting(
+        True, "Normalize each state into a frame (centre, scale) so a step is learned "
+        "scale-free; decoding undoes it."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    width: int = setting(64, "d_model, the width of the token vectors inside a block.", at_least(1))
+    heads: int = setting(4, "Attention heads; must divide width.", at_least(1))
+    mlp_ratio: float = setting(
+        4.0, "MLP hidden width / width; 0 means no MLP (an attention-only block).", at_least(0)
+    )
+    norm: Literal["pre", "post", "none"] = setting(
+        "pre", "Layer norm before each sublayer (pre), after the residual sum (post), or none."
+    )
+    attention: Literal["softmax", "linear"] = setting(
+        "softmax", "Attention kind; linear attention can implement a gradient step exactly."
+    )
+    dropout: float = setting(
+        0.0, "Dropout probability in attention and MLP.", Check(lambda v: 0 <= v < 1, "in [0, 1)")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train_problems: int = setting(4096, "Problems rolled out for training.", at_least(1))
+    val_problems: int = setting(512, "Problems rolled out for validation.", at_least(1))
+    test_problems: int = setting(
+        1024, "Held-out problems every reported number is measured on.", at_least(1)
+    )
+    train_seed: int = setting(0, "Seed of the training problems.", SEED)
+    val_seed: int = setting(
+        1, "Seed of the validation problems; differs from the others.", SEED
+    )
+    test_seed: int = setting(2, "Seed of the test problems; differs from the others.", SEED)
+    cache_dir: str = setting(
+        "runs/cache", "Where rollouts are cached on disk, by content hash (shared by runs)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = setting(10, "Epochs over the training pairs; 0 skips the stage.", at_least(0))
+    batch_size: int = setting(64, "Pairs per optimizer step (per device).", at_least(1))
+    lr: float = setting(1e-3, "Peak learning rate.", above(0))
+    weight_decay: float = setting(0.0, "Decoupled weight decay.", at_least(0))
+    warmup_steps: int = setting(
+        50, "Optimizer steps of linear warmup to the peak rate.", at_least(0)
+    )
+    schedule: Literal["constant", "cosine"] = setting(
+        "cosine", "Learning rate after warmup: constant, or cosine decay to 0 at the last step."
+    )
+    grad_clip: float = setting(
+        1.0, "Gradient norm clipping threshold; 0 turns it off.", at_least(0)
+    )
+    loss_weights: dict[str, float] = setting(
+        {}, "Weight of each teacher state field in the loss (e.g. simplex: 1, fvals: 0.1); "
+        "fields not named weigh 1.", Check(lambda d: all(w >= 0 for w in d.values()), ">= 0")
+    )
+    accelerator: str = setting("auto", "Lightning accelerator: auto, cpu, gpu, mps, ...")
+    devices: Literal["auto"] | int = setting(
+        "auto", "Lightning devices: auto, or how many.",
+        Check(lambda v: v == "auto" or v >= 1, ">= 1"),
+    )
+    strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
+    precision: Precision = setting(
+        "32-true", "Lightning precision of the blocks. Teachers roll out in float64; "
+        "their states are cast to this precision for training."
+    )
+    deterministic: bool = setting(
+        False, "Lightning's deterministic mode (on GPU it needs CUBLAS_WORKSPACE_CONFIG)."
+    )
+    workers: int = setting(
+        1, "Blocks trained at once, each in its own process (pretraining only).", at_least(1)
+    )
+    log_every_n_steps: int = setting(50, "Optimizer steps between logged metrics.", at_least(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    threshold: float = setting(
+        1.0, "Breakdown depth is the first layer whose median normalized rollout error passes "
+        "this (1.0: as far from s_k as the teacher's own step).", above(0)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str = setting(
+        "recipe", "Run name; a recipe file that omits it is named after the file.",
+        Check(lambda v: v != "" and "/" not in v, "that is non-empty and has no '/'"),
+    )
+    seed: int = setting(0, "Global seed of training (initial weights, shuffling).", SEED)
+    steps: int = setting(
+        5, "K, the teacher steps emulated = the number of blocks stacked.", at_least(1)
+    )
+    out: str | None = setting(
+        None, "Output directory; null means runs/<name>. Validation never creates it."
+    )
+    problem: ProblemConfig = section(ProblemConfig, "The objective family and its instances.")
+    teacher: TeacherConfig = section(TeacherConfig, "The optimizer the blocks emulate.")
+    codec: CodecConfig = section(CodecConfig, "How states become tokens and back.")
+    block: BlockConfig = section(BlockConfig, "The shape of every block.")
+    pairing: Literal["teacher", "shared", "greedy"] = setting(
+        "teacher", "Inputs of block k in pretraining: the teacher's s_{k-1} (teacher), all "
+        "steps pooled so every block learns the same step (shared), or the frozen stack's "
+        "output after k-1 blocks (greedy)."
+    )
+    data: DataConfig = section(DataConfig, "Train, validation and test problem sets.")
+    train: TrainConfig = section(TrainConfig, "Layer-wise pretraining: each block alone.")
+    finetune: TrainConfig = section(
+        lambda: TrainConfig(max_epochs=5, lr=3e-4, warmup_steps=0),
+        "End-to-end fine-tuning of the whole stack.",
+    )
+    eval: EvalConfig = section(EvalConfig, "Evaluation on the test problems.")
+
+    def __post_init__(self) -> None:
+        # Resolved here so that every Recipe knows its directory. dataclasses.replace keeps
+        # a resolved `out`: pass out=None along with a new name to derive it again.
+        if self.out is None:
+            object.__setattr__(self, "out", f"runs/{self.name}")

@@ -1,0 +1,31 @@
+"""The normalized emulation error of design.md: scale-free, so step 30 compares with step 1.
+
+For a field f at layer k and problem b,
+    e = ||pred_f - s_k,f|| / ||s_k,f - s_{k-1},f||,
+the distance to the teacher's state divided by the teacher's own move, so "do nothing"
+(pred = s_{k-1}) scores exactly 1. Norms are Frobenius over the field's non-batch dims. A
+problem whose field did not move (a converged or frozen problem) has no defined error: NaN,
+left out of the summaries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def normalized_error(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
+    """(B,) per-problem normalized error of one field; inputs (B, ...) in one frame."""
+    flat = lambda t: t.reshape(t.shape[0], -1).double()  # noqa: E731
+    move = (flat(target) - flat(prev)).norm(dim=1)
+    miss = (flat(pred) - flat(target)).norm(dim=1)
+    return torch.where(move > 0, miss / move, torch.full_like(move, float("nan")))
+
+
+def summarize(errors: Tensor) -> dict[str, float]:
+    """Median, 10th and 90th percentile of (B,) errors, ignoring NaN; and how many counted."""
+    valid = errors[~errors.isnan()]
+    if valid.numel() == 0:
+        return {"median": float("nan"), "p10": float("nan"), "p90": float("nan"), "count": 0}
+    q = torch.quantile(valid, torch.tensor([0.1, 0.5, 0.9], dtype=valid.dtype))
+    return {"median": q[1].item(), "p10": q[0].item(), "p90": q[2].item(), "count": valid.numel()}

@@ -1,0 +1,112 @@
+"""Training one block alone: a thin LightningModule around a plain `Block`.
+
+The block sits between the stack's shared read-in and read-out (frozen during pretraining, so
+that blocks trained apart still compose), maps an encoded state s_{k-1} to tokens, and the
+codec reads the predicted learned fields out of them. The loss is the weighted sum over
+fields of the mean squared error in the input state's frame.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from blockwise.evaluation import normalized_error
+from blockwise.model import Block, ReadIO
+
+
+class DivergedTraining(RuntimeError):
+    """The training loss stopped being finite."""
+
+
+def field_losses(pred: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Mean squared error per field; each tensor (M, ...)."""
+    return {name: ((pred[name] - target[name]) ** 2).mean() for name in target}
+
+
+class BlockModule(L.LightningModule):
+    """Trains `block` on one-step pairs; the codec and read-in/out are not trained here.
+
+    Args:
+        block: the block to train.
+        readio: the stack's shared read-in/read-out (its parameters are frozen).
+        codec: reads the learned fields out of output tokens.
+        loss_weights: field -> weight (fields not named weigh 1).
+        lr, weight_decay: AdamW settings.
+        schedule: "constant" or "cosine" (decay to 0 over the run), after `warmup_steps`
+            of linear warm-up.
+        name: used in messages ("block 3").
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        readio: ReadIO,
+        codec,
+        loss_weights: dict[str, float] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        name: str = "block",
+    ):
+        super().__init__()
+        self.block, self.readio, self.codec = block, readio, codec
+        self.readio.requires_grad_(False)
+        self.weights = {f: float((loss_weights or {}).get(f, 1.0)) for f in codec.learned_fields}
+        self.lr, self.weight_decay = lr, weight_decay
+        self.schedule, self.warmup_steps, self.name = schedule, warmup_steps, name
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Encoded inputs (B, T, D) -> output tokens (B, T, D)."""
+        return self.readio.layer(self.block, tokens)
+
+    def predict_fields(self, tokens: Tensor) -> dict[str, Tensor]:
+        return self.codec.read(self(tokens))
+
+    def _step(self, batch: dict, stage: str) -> Tensor:
+        pred = self.predict_fields(batch["tokens"])
+        losses = field_losses(pred, batch["targets"])
+        loss = sum(self.weights[f] * v for f, v in losses.items())
+        size = batch["tokens"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
+        for f, v in losses.items():
+            self.log(f"{stage}/mse_{f}", v, batch_size=size)
+        if stage == "val":
+            for f in losses:
+                err = normalized_error(pred[f], batch["targets"][f], batch["previous"][f])
+                self.log(f"val/error_{f}", err.nanmedian(), batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise DivergedTraining(
+                f"{self.name}: the training loss became {loss.item()} at step "
+                f"{self.global_step}; the weights were not updated with it, and the last "
+                "checkpoint saved before it is kept. Lower train.lr or set train.grad_clip."
+            )
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        params = [p for p in self.block.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warm = self.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if self.schedule == "cosine":
+                progress = min(step - warm, total) / max(total - warm, 1)
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

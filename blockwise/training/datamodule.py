@@ -1,0 +1,81 @@
+"""The LightningDataModule of one block's pretraining: rollouts -> encoded one-step pairs.
+
+Train, validation and test problems come from disjoint seeds; their rollouts are cached on
+disk (see `rollouts.py`) and generated on the training device. Pairs are built once, in
+float64 from the exact teacher states, then cast to the training dtype; a DataLoader then
+fetches whole batches by index, since per-example fetching would dominate at these sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from blockwise.problems import Problem
+from blockwise.rollout import Trajectory
+from blockwise.teachers import State
+from blockwise.training.pairs import Pairs, layer_pairs
+
+GreedyInputs = Callable[[Problem, Trajectory], State]
+"""For greedy pairing: the frozen stack's output after blocks 1..k-1 on a split's problems."""
+
+
+class PairDataModule(L.LightningDataModule):
+    """Pairs for block `layer` (1-indexed) under `pairing`.
+
+    Args:
+        codec: encodes states into tokens.
+        splits: "train" and "val" -> (problems, float64 trajectory), already rolled out.
+        layer, pairing: which block, and how its inputs are chosen (see `pairs.py`).
+        batch_size: pairs per batch.
+        seed: seeds the shuffling.
+        greedy_inputs: needed for greedy pairing of layers > 1.
+        dtype: dtype of the tensors handed to the block.
+    """
+
+    def __init__(
+        self,
+        codec,
+        splits: dict[str, tuple[Problem, Trajectory]],
+        layer: int,
+        pairing: str,
+        batch_size: int,
+        seed: int = 0,
+        greedy_inputs: GreedyInputs | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        self.codec, self.splits, self.layer, self.pairing = codec, splits, layer, pairing
+        self.batch_size, self.seed, self.greedy_inputs, self.dtype = (
+            batch_size, seed, greedy_inputs, dtype,
+        )
+        self.pairs: dict[str, Pairs] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for name in ("train", "val"):
+            if name in self.pairs:
+                continue
+            problem, traj = self.splits[name]
+            inputs = None
+            if self.pairing == "greedy" and self.layer > 1:
+                inputs = self.greedy_inputs(problem, traj)
+            pairs = layer_pairs(self.codec, problem, traj, self.layer, self.pairing, inputs)
+            if len(pairs) == 0:
+                raise ValueError(f"block {self.layer}: no {name} pairs (every problem diverged)")
+            self.pairs[name] = pairs.to(self.dtype)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        pairs = self.pairs[name]
+        generator = torch.Generator().manual_seed(self.seed)
+        base = RandomSampler(pairs, generator=generator) if shuffle else SequentialSampler(pairs)
+        sampler = BatchSampler(base, self.batch_size, drop_last=False)
+        return DataLoader(pairs, sampler=sampler, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)

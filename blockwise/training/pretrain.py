@@ -1,0 +1,178 @@
+"""Layer-wise pretraining: each block trained alone on one teacher step, then measured.
+
+    blocks = pretrain(recipe, out_dir)
+
+Blocks are independent jobs under "teacher" and "shared" pairing (train.workers of them run at
+once, in separate processes); "greedy" pairing trains them in order, each on the frozen
+stack's output. A finished block is a file `blocks/block_KK.safetensors`; an interrupted one
+resumes from Lightning's `resume/block_KK/last.ckpt`. Nothing finished is trained again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import load_file, save_file
+
+from blockwise import teachers
+from blockwise.codec import make_codec
+from blockwise.config import Recipe, recipe_from_dict, recipe_to_dict
+from blockwise.model import Block, ReadIO
+from blockwise.problems import Problem
+from blockwise.rollout import Trajectory
+from blockwise.stack import Stack
+from blockwise.training.block_module import BlockModule
+from blockwise.training.datamodule import PairDataModule
+from blockwise.training.rollouts import Split, load_or_roll_out
+
+SPLITS = ("train", "val", "test")
+
+
+def data_splits(recipe: Recipe) -> dict[str, Split]:
+    """The train / val / test splits: same family and teacher, disjoint seeds."""
+    d = recipe.data
+    counts = {"train": d.train_problems, "val": d.val_problems, "test": d.test_problems}
+    seeds = {"train": d.train_seed, "val": d.val_seed, "test": d.test_seed}
+    return {
+        name: Split(
+            recipe.problem.family, recipe.problem.dim, dict(recipe.problem.settings),
+            counts[name], seeds[name], recipe.problem.x0_radius,
+            recipe.teacher.name, dict(recipe.teacher.settings), recipe.steps,
+        )
+        for name in SPLITS
+    }
+
+
+def load_data(recipe: Recipe, device: str | torch.device = "cpu") -> dict[str, tuple]:
+    """(problems, trajectory) per split, from the rollout cache or rolled out now."""
+    splits = data_splits(recipe)
+    return {name: load_or_roll_out(s, recipe.data.cache_dir, device) for name, s in splits.items()}
+
+
+def build_codec(recipe: Recipe, problem: Problem):
+    teacher = teachers.make(recipe.teacher.name, **recipe.teacher.settings)
+    return make_codec(teacher, problem, mode=recipe.codec.mode, frame=recipe.codec.frame)
+
+
+def new_block(recipe: Recipe, layer: int) -> Block:
+    """Block `layer` as initialized before training (seeded: this is the untrained control)."""
+    torch.manual_seed(recipe.seed * 1000 + layer)
+    b = recipe.block
+    return Block(b.width, b.heads, b.mlp_ratio, b.norm, b.attention, b.dropout)
+
+
+def block_path(out: Path, layer: int) -> Path:
+    return out / "blocks" / f"block_{layer:02d}.safetensors"
+
+
+def save_block(block: Block, path: Path) -> None:
+    """Atomic: a crash mid-write never leaves a file that looks like a finished block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in block.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_block(recipe: Recipe, layer: int, path: Path) -> Block:
+    block = new_block(recipe, layer)
+    block.load_state_dict(load_file(path))
+    return block
+
+
+def _dtype(precision: str) -> torch.dtype:
+    return torch.float64 if precision.startswith("64") else torch.float32
+
+
+def train_block(
+    recipe: Recipe, layer: int, data: dict, out: Path, frozen: list[Block] | None = None
+) -> Block:
+    """Train block `layer` alone and save it; `frozen` holds blocks 1..layer-1 (greedy)."""
+    tc = recipe.train
+    problem = data["train"][0]
+    codec = build_codec(recipe, problem)
+    readio = ReadIO(codec.token_dim, recipe.block.width)
+    dtype = _dtype(tc.precision)
+    greedy = None
+    if recipe.pairing == "greedy" and layer > 1:
+        stack = Stack(codec, readio, frozen or []).to(dtype).eval()
+
+        def greedy(split_problem: Problem, traj: Trajectory):
+            with torch.no_grad():
+                return stack(split_problem, traj[0], layers=layer - 1)[-1]
+
+    dm = PairDataModule(
+        codec, {s: data[s] for s in ("train", "val")}, layer, recipe.pairing, tc.batch_size,
+        seed=recipe.seed + layer, greedy_inputs=greedy, dtype=dtype,
+    )
+    block = new_block(recipe, layer).to(dtype)
+    module = BlockModule(
+        block, readio.to(dtype), codec, dict(tc.loss_weights), tc.lr, tc.weight_decay,
+        tc.schedule, tc.warmup_steps, name=f"block {layer}",
+    )
+    L.seed_everything(recipe.seed + layer, workers=True, verbose=False)
+    resume = out / "resume" / f"block_{layer:02d}"
+    trainer = L.Trainer(
+        max_epochs=tc.max_epochs,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        strategy=tc.strategy,
+        precision=tc.precision,
+        deterministic=tc.deterministic,
+        gradient_clip_val=tc.grad_clip or None,
+        logger=CSVLogger(out / "logs", name=f"block_{layer:02d}"),
+        callbacks=[ModelCheckpoint(dirpath=resume, save_last=True, save_top_k=0)],
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        log_every_n_steps=tc.log_every_n_steps,
+        default_root_dir=out,
+    )
+    last = resume / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=last if last.exists() else None)
+    save_block(block.float(), block_path(out, layer))
+    return block.float()
+
+
+def _job(recipe_dict: dict, layer: int, out: str, threads: int) -> str:
+    """One block in a worker process: reload the data from the cache, train, save."""
+    torch.set_num_threads(threads)
+    recipe = recipe_from_dict(recipe_dict)
+    train_block(recipe, layer, load_data(recipe), Path(out))
+    return str(block_path(Path(out), layer))
+
+
+def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> list[Block]:
+    """Train every block not yet saved under `out`; return all K blocks (float32)."""
+    data = data or load_data(recipe)
+    todo = [k for k in range(1, recipe.steps + 1) if not block_path(out, k).exists()]
+    if todo and recipe.pairing != "greedy" and recipe.train.workers > 1:
+        workers = min(recipe.train.workers, len(todo))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        log(f"training blocks {todo} in {workers} processes, {threads} threads each")
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            jobs = [pool.submit(_job, recipe_to_dict(recipe), k, str(out), threads) for k in todo]
+            for job in jobs:
+                log(f"saved {job.result()}")
+    blocks: list[Block] = []
+    for k in range(1, recipe.steps + 1):
+        path = block_path(out, k)
+        if path.exists():
+            blocks.append(load_block(recipe, k, path))
+            continue
+        log(f"training block {k} of {recipe.steps} ({recipe.pairing} pairing)")
+        blocks.append(train_block(recipe, k, data, out, frozen=blocks))
+        log(f"saved {path}")
+    return blocks
+
+
+__all__ = [
+    "block_path", "build_codec", "data_splits", "load_block", "load_data", "new_block",
+    "pretrain", "save_block", "train_block",
+]

@@ -1,0 +1,123 @@
+"""`blockwise run` end to end on shrunken recipes: every shipped recipe, resuming, refusing
+to clobber, bad input, a diverging loss, greedy pairing and parallel workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from blockwise.cli import main
+from blockwise.config import load_recipe
+from blockwise.pipeline import OutputDirError, run
+from blockwise.training.block_module import DivergedTraining
+from blockwise.training.pretrain import block_path
+
+RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+SHRINK = [
+    "steps=2",
+    "data.train_problems=96",
+    "data.val_problems=32",
+    "data.test_problems=48",
+    "train.max_epochs=1",
+    "train.batch_size=32",
+    "train.warmup_steps=0",
+]
+
+
+def shrunk(path: Path, tmp_path: Path, *extra: str):
+    recipe = load_recipe(path, [*SHRINK, f"data.cache_dir={tmp_path / 'cache'}", *extra])
+    return dataclasses.replace(recipe, out=str(tmp_path / recipe.name))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_runs_shrunk(path, tmp_path):
+    recipe = shrunk(path, tmp_path)
+    metrics = run(recipe, log=lambda *_: None)
+    rows = metrics["pretrain"]["teacher_forced"]
+    assert [r["layer"] for r in rows] == [1, 2]
+    for row in rows:
+        for field, by_label in row["fields"].items():
+            identity = by_label["identity"]["median"]
+            assert identity == pytest.approx(1.0, abs=1e-9) or identity != identity, field
+            assert by_label["trained"]["count"] > 0
+    out = Path(recipe.out)
+    assert (out / "recipe.yaml").exists() and (out / "metrics.json").exists()
+    assert all(block_path(out, k).exists() for k in (1, 2))
+
+
+def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):
+    recipe = shrunk(
+        RECIPES[0].parent / "quickstart.yaml", tmp_path,
+        "steps=1", "data.train_problems=512", "train.max_epochs=4", "train.lr=3e-3",
+    )
+    row = run(recipe, log=lambda *_: None)["pretrain"]["teacher_forced"][0]
+    simplex = row["fields"]["simplex"]
+    assert simplex["trained"]["median"] < 0.8 * simplex["untrained"]["median"]
+
+
+def test_a_finished_run_is_not_redone_and_another_recipe_is_refused(tmp_path):
+    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    run(recipe, log=lambda *_: None)
+    stamp = block_path(Path(recipe.out), 1).stat().st_mtime_ns
+    said = []
+    run(recipe, log=said.append)
+    assert "nothing to do" in said[0]
+    assert block_path(Path(recipe.out), 1).stat().st_mtime_ns == stamp
+    other = dataclasses.replace(recipe, seed=7)
+    with pytest.raises(OutputDirError, match="different recipe"):
+        run(other, log=lambda *_: None)
+    run(other, force=True, log=lambda *_: None)
+    assert "seed: 7" in (Path(recipe.out) / "recipe.yaml").read_text()
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
+    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    run(recipe, log=lambda *_: None)
+    out = Path(recipe.out)
+    stamp = block_path(out, 1).stat().st_mtime_ns
+    (out / "metrics.json").unlink()
+    block_path(out, 2).unlink()
+    said = []
+    run(recipe, log=said.append)
+    assert block_path(out, 1).stat().st_mtime_ns == stamp
+    assert any("training block 2" in s for s in said)
+    assert not any("training block 1" in s for s in said)
+
+
+def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: 3\ntrain:\n  lr: -1\n")
+    code = main(["run", str(bad), "--out", str(tmp_path / "never")])
+    assert code == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_diverging_loss_stops_with_a_clear_message(tmp_path):
+    recipe = shrunk(
+        RECIPES[0].parent / "quickstart.yaml", tmp_path,
+        "train.lr=1e12", "train.grad_clip=0", "train.max_epochs=3", "train.schedule=constant",
+    )
+    with pytest.raises(DivergedTraining, match="block 1: the training loss became"):
+        run(recipe, log=lambda *_: None)
+    assert not block_path(Path(recipe.out), 1).exists()
+
+
+def test_greedy_pairing_trains_on_the_frozen_stack(tmp_path):
+    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path, "pairing=greedy")
+    said = []
+    metrics = run(recipe, log=said.append)
+    assert "greedy pairing" in " ".join(said)
+    assert len(metrics["pretrain"]["teacher_forced"]) == 2
+
+
+def test_workers_train_blocks_in_parallel_processes(tmp_path):
+    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path, "train.workers=2")
+    said = []
+    run(recipe, log=said.append)
+    assert any("in 2 processes" in s for s in said)
+    saved = json.loads((Path(recipe.out) / "metrics.json").read_text())
+    assert len(saved["pretrain"]["teacher_forced"]) == 2
