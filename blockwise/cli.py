@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from blockwise.pipeline import run as run_recipe
 
     recipe = load_recipe(args.file, args.overrides)
+    # Lightning's banner (accelerators found, tips) drowns the run's own report.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.out is not None:
         recipe = dataclasses.replace(recipe, out=args.out)
     try:

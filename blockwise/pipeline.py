@@ -2,7 +2,7 @@
 
 Stages (each skipped when its output already exists, so an interrupted run resumes):
     rollouts (cached by content hash) -> per-block pretraining -> per-block teacher-forced
-    errors with controls -> metrics.json.
+    errors with controls -> metrics.json and a plot of them (pretrain_errors.png/.pdf).
 The output directory holds the resolved recipe (`recipe.yaml`); a directory holding another
 recipe, or anything else, is refused unless `force` is given.
 """
@@ -20,6 +20,7 @@ import torch
 from blockwise.config import Recipe, dump_recipe
 from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
 from blockwise.model import ReadIO
+from blockwise.plots import plot_pretrain_errors, save
 from blockwise.training.pretrain import build_codec, load_data, new_block, pretrain
 
 
@@ -67,8 +68,10 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     start = time.perf_counter()
     data = load_data(recipe)
     made = time.perf_counter() - start
-    log(f"rollouts: {', '.join(f'{k} {len(v[1].diverged[0])}' for k, v in data.items())} "
-        f"problems, {recipe.steps} steps ({made:.1f} s)")
+    log(
+        f"rollouts: {', '.join(f'{k} {len(v[1].diverged[0])}' for k, v in data.items())} "
+        f"problems, {recipe.steps} steps ({made:.1f} s)"
+    )
     blocks = pretrain(recipe, out, data, log=log)
     problem, traj = data["test"]
     codec = build_codec(recipe, problem)
@@ -83,6 +86,8 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     }
     log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
     log(format_table(rows))
+    figure = plot_pretrain_errors(rows, title=recipe.name)
+    paths = save(figure, out / "pretrain_errors")
     _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    log(f"wrote {out / 'metrics.json'}")
+    log(f"wrote {out / 'metrics.json'}, {', '.join(str(p) for p in paths)}")
     return metrics

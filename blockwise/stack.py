@@ -52,5 +52,3 @@ class Stack(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layers={len(self.blocks)}, codec={type(self.codec).__name__}"
-
-

@@ -47,6 +47,7 @@ def test_block_equals_its_formula(norm, mlp_ratio):
     torch.manual_seed(2)
     block = Block(12, 3, mlp_ratio=mlp_ratio, norm=norm).double()
     h = torch.randn(2, 6, 12, dtype=torch.float64)
+
     def n1(x):
         if norm == "none":
             return x

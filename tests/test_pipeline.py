@@ -50,8 +50,12 @@ def test_every_recipe_runs_shrunk(path, tmp_path):
 
 def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):
     recipe = shrunk(
-        RECIPES[0].parent / "quickstart.yaml", tmp_path,
-        "steps=1", "data.train_problems=512", "train.max_epochs=4", "train.lr=3e-3",
+        RECIPES[0].parent / "quickstart.yaml",
+        tmp_path,
+        "steps=1",
+        "data.train_problems=512",
+        "train.max_epochs=4",
+        "train.lr=3e-3",
     )
     row = run(recipe, log=lambda *_: None)["pretrain"]["teacher_forced"][0]
     simplex = row["fields"]["simplex"]
@@ -98,8 +102,12 @@ def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):
 
 def test_a_diverging_loss_stops_with_a_clear_message(tmp_path):
     recipe = shrunk(
-        RECIPES[0].parent / "quickstart.yaml", tmp_path,
-        "train.lr=1e12", "train.grad_clip=0", "train.max_epochs=3", "train.schedule=constant",
+        RECIPES[0].parent / "quickstart.yaml",
+        tmp_path,
+        "train.lr=1e12",
+        "train.grad_clip=0",
+        "train.max_epochs=3",
+        "train.schedule=constant",
     )
     with pytest.raises(DivergedTraining, match="block 1: the training loss became"):
         run(recipe, log=lambda *_: None)

@@ -50,7 +50,10 @@ class PairDataModule(L.LightningDataModule):
         super().__init__()
         self.codec, self.splits, self.layer, self.pairing = codec, splits, layer, pairing
         self.batch_size, self.seed, self.greedy_inputs, self.dtype = (
-            batch_size, seed, greedy_inputs, dtype,
+            batch_size,
+            seed,
+            greedy_inputs,
+            dtype,
         )
         self.pairs: dict[str, Pairs] = {}
 

@@ -43,16 +43,31 @@ def data_splits(recipe: Recipe) -> dict[str, Split]:
     seeds = {"train": d.train_seed, "val": d.val_seed, "test": d.test_seed}
     return {
         name: Split(
-            recipe.problem.family, recipe.problem.dim, dict(recipe.problem.settings),
-            counts[name], seeds[name], recipe.problem.x0_radius,
-            recipe.teacher.name, dict(recipe.teacher.settings), recipe.steps,
+            recipe.problem.family,
+            recipe.problem.dim,
+            dict(recipe.problem.settings),
+            counts[name],
+            seeds[name],
+            recipe.problem.x0_radius,
+            recipe.teacher.name,
+            dict(recipe.teacher.settings),
+            recipe.steps,
         )
         for name in SPLITS
     }
 
 
-def load_data(recipe: Recipe, device: str | torch.device = "cpu") -> dict[str, tuple]:
-    """(problems, trajectory) per split, from the rollout cache or rolled out now."""
+def rollout_device(recipe: Recipe) -> torch.device:
+    """Where rollouts are made: the training accelerator's device when it is a GPU."""
+    accelerator = recipe.train.accelerator
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+
+
+def load_data(recipe: Recipe, device: str | torch.device | None = None) -> dict[str, tuple]:
+    """(problems, trajectory) per split, from the rollout cache or rolled out now (by default
+    on the training device; the cache holds CPU tensors either way)."""
+    device = device if device is not None else rollout_device(recipe)
     splits = data_splits(recipe)
     return {name: load_or_roll_out(s, recipe.data.cache_dir, device) for name, s in splits.items()}
 
@@ -109,13 +124,26 @@ def train_block(
                 return stack(split_problem, traj[0], layers=layer - 1)[-1]
 
     dm = PairDataModule(
-        codec, {s: data[s] for s in ("train", "val")}, layer, recipe.pairing, tc.batch_size,
-        seed=recipe.seed + layer, greedy_inputs=greedy, dtype=dtype,
+        codec,
+        {s: data[s] for s in ("train", "val")},
+        layer,
+        recipe.pairing,
+        tc.batch_size,
+        seed=recipe.seed + layer,
+        greedy_inputs=greedy,
+        dtype=dtype,
     )
     block = new_block(recipe, layer).to(dtype)
     module = BlockModule(
-        block, readio.to(dtype), codec, dict(tc.loss_weights), tc.lr, tc.weight_decay,
-        tc.schedule, tc.warmup_steps, name=f"block {layer}",
+        block,
+        readio.to(dtype),
+        codec,
+        dict(tc.loss_weights),
+        tc.lr,
+        tc.weight_decay,
+        tc.schedule,
+        tc.warmup_steps,
+        name=f"block {layer}",
     )
     L.seed_everything(recipe.seed + layer, workers=True, verbose=False)
     resume = out / "resume" / f"block_{layer:02d}"
@@ -173,6 +201,13 @@ def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> 
 
 
 __all__ = [
-    "block_path", "build_codec", "data_splits", "load_block", "load_data", "new_block",
-    "pretrain", "save_block", "train_block",
+    "block_path",
+    "build_codec",
+    "data_splits",
+    "load_block",
+    "load_data",
+    "new_block",
+    "pretrain",
+    "save_block",
+    "train_block",
 ]
