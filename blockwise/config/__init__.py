@@ -22,6 +22,7 @@ from blockwise.config.schema import (
     CodecConfig,
     DataConfig,
     EvalConfig,
+    FinetuneConfig,
     ProblemConfig,
     Recipe,
     TeacherConfig,
@@ -29,7 +30,8 @@ from blockwise.config.schema import (
 )
 
 __all__ = [
-    "BlockConfig", "CodecConfig", "DataConfig", "EvalConfig", "ProblemConfig", "Recipe",
+    "BlockConfig", "CodecConfig", "DataConfig", "EvalConfig", "FinetuneConfig", "ProblemConfig",
+    "Recipe",
     "RecipeError", "TeacherConfig", "TrainConfig", "describe_recipe", "dump_recipe", "load_recipe",
     "recipe_from_dict", "recipe_to_dict", "save_recipe",
 ]

@@ -261,6 +261,13 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
                 f"unknown field(s) {', '.join(unknown)}; "
                 f"{t.name}'s state has {', '.join(teacher.state_fields)}",
             )
+    f = recipe.finetune
+    if f.freeze_blocks_epochs and not f.train_readio:
+        raise RecipeError(
+            file, "finetune.freeze_blocks_epochs",
+            "expected 0 unless finetune.train_readio is true (with the blocks frozen and the "
+            f"read-in/read-out frozen nothing would train), got {f.freeze_blocks_epochs}",
+        )
     if b.width % b.heads:
         raise RecipeError(
             file, "block.heads", f"expected a divisor of block.width = {b.width}, got {b.heads}"

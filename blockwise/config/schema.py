@@ -177,6 +177,30 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    supervision: Literal["every_layer", "last"] = setting(
+        "every_layer", "Loss against the teacher's s_k at every layer (deep supervision) or at "
+        "the last layer only."
+    )
+    layer_weight_ratio: float = setting(
+        1.0, "With every_layer supervision, layer k's loss weighs ratio^(k-1): 1 weighs all "
+        "layers alike, > 1 favours deep layers.", above(0)
+    )
+    freeze_blocks_epochs: int = setting(
+        0, "Epochs at the start in which the blocks stay frozen and only the shared read-in "
+        "and read-out train (needs train_readio).", at_least(0)
+    )
+    train_readio: bool = setting(
+        False, "Train the shared read-in/read-out too. Off keeps the residual stream equal to "
+        "the token slots, which probes rely on."
+    )
+    looped: bool = setting(
+        True, "Also train the looped baseline: one block (initialized from block 1) applied "
+        "K times with tied weights, fine-tuned the same way."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     threshold: float = setting(
         1.0, "Breakdown depth is the first layer whose median normalized rollout error passes "
@@ -208,8 +232,8 @@ class Recipe:
     )
     data: DataConfig = section(DataConfig, "Train, validation and test problem sets.")
     train: TrainConfig = section(TrainConfig, "Layer-wise pretraining: each block alone.")
-    finetune: TrainConfig = section(
-        lambda: TrainConfig(max_epochs=5, lr=3e-4, warmup_steps=0),
+    finetune: FinetuneConfig = section(
+        lambda: FinetuneConfig(max_epochs=5, lr=3e-4, warmup_steps=0),
         "End-to-end fine-tuning of the whole stack.",
     )
     eval: EvalConfig = section(EvalConfig, "Evaluation on the test problems.")

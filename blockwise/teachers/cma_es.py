@@ -232,10 +232,17 @@ class CMAES(Teacher):
         return new, h_sigma
 
 
+_EIGH_CHUNK = 16384
+
+
 def _decompose(C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The symmetrised C (B, n, n), its eigenvectors (B, n, n) and sqrt eigenvalues D (B, n)."""
     C = (C + C.mT) / 2  # pycma symmetrises at each decomposition
-    evals, basis = torch.linalg.eigh(C)
+    # cuSOLVER's batched eigh fails past about 32k matrices (CUSOLVER_STATUS_INTERNAL_ERROR,
+    # seen on an H100 at B = 65536); the matrices are independent, so chunks change nothing.
+    parts = [torch.linalg.eigh(chunk) for chunk in C.split(_EIGH_CHUNK)]
+    evals = torch.cat([p.eigenvalues for p in parts])
+    basis = torch.cat([p.eigenvectors for p in parts])
     return C, basis, evals.sqrt()  # D is NaN if C is not positive definite
 
 

@@ -8,14 +8,13 @@ fields of the mean squared error in the input state's frame.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import Tensor
 
 from blockwise.evaluation import normalized_error
 from blockwise.model import Block, ReadIO
+from blockwise.training.optim import adamw_with_schedule
 
 
 class DivergedTraining(RuntimeError):
@@ -106,18 +105,11 @@ class BlockModule(L.LightningModule):
         self._step(batch, "val")
 
     def configure_optimizers(self):
-        params = [p for p in self.block.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warm = self.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if self.schedule == "cosine":
-                progress = min(step - warm, total) / max(total - warm, 1)
-                return 0.5 * (1 + math.cos(math.pi * progress))
-            return 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_schedule(
+            [p for p in self.block.parameters() if p.requires_grad],
+            self.lr,
+            self.weight_decay,
+            self.schedule,
+            self.warmup_steps,
+            int(self.trainer.estimated_stepping_batches),
+        )
