@@ -79,6 +79,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot(args: argparse.Namespace) -> int:
+    """Draw the figures of one run directory, or compare several."""
+    from blockwise.plots.runs import plot_runs
+
+    paths = plot_runs(args.dirs, out=args.out)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Re-evaluate a saved stack on fresh test problems and print its per-layer errors."""
+    import json
+    from pathlib import Path
+
+    from blockwise.evaluation.stack_eval import eval_checkpoint
+
+    path = Path(args.dir)
+    if (path / "checkpoint").is_dir():
+        path = path / "checkpoint"  # a run directory: its final stack
+    metrics = eval_checkpoint(
+        path,
+        family=args.problems,
+        dim=args.dim,
+        steps=args.steps,
+        problems=args.count,
+        seed=args.seed,
+        beyond=args.beyond,
+    )
+    primary = metrics["primary"]
+    print(f"{path}: {metrics['problems']} test problems, {metrics['layers']} layers")
+    print(f"{'layer':>5} {'teacher-forced':>15} {'rollout':>10} {'identity':>10} {'progress':>9}")
+    for k in range(metrics["layers"]):
+        row = [
+            metrics["teacher_forced"][primary]["median"][k],
+            metrics["rollout"][primary]["median"][k],
+            metrics["identity_rollout"][primary]["median"][k],
+            metrics["progress_ratio"]["median"][k],
+        ]
+        cells = [f"{v:.3g}" if v is not None else "-" for v in row]
+        print(f"{k + 1:>5} {cells[0]:>15} {cells[1]:>10} {cells[2]:>10} {cells[3]:>9}")
+    print(f"breakdown depth (threshold {metrics['threshold']}): {metrics['breakdown_depth']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _setting(text: str) -> tuple[str, object]:
     import yaml
 
@@ -136,11 +183,54 @@ def parser() -> argparse.ArgumentParser:
         "refused unless --force.",
     )
     u.add_argument("file", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
-    u.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY.PATH=VALUE", help="override a field (the value is YAML)")
+    u.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a field (the value is YAML)",
+    )
     u.add_argument("--out", default=None, help="output directory (default: recipe.out)")
     u.add_argument("--force", action="store_true", help="replace an existing output directory")
     u.set_defaults(func=run)
+
+    e = sub.add_parser(
+        "eval",
+        help="re-evaluate a saved stack on fresh test problems",
+        description="Re-evaluate a stack (a checkpoint directory, or a run directory's final "
+        "stack) on fresh test problems: of another family, or for more steps than it was "
+        "trained for (the last block repeats past K).",
+    )
+    e.add_argument("dir", metavar="DIR", help="a run directory or a checkpoint directory")
+    e.add_argument("--problems", default=None, metavar="FAMILY", help="problem family")
+    e.add_argument("--dim", type=int, default=None, help="n (must be the trained one)")
+    e.add_argument("--steps", type=int, default=None, metavar="K", help="layers to measure")
+    e.add_argument("--count", type=int, default=1024, help="test problems")
+    e.add_argument("--seed", type=int, default=None, help="test seed (default the recipe's)")
+    e.add_argument(
+        "--beyond",
+        choices=["last", "none"],
+        default="last",
+        help="past the trained depth: repeat the last block, or refuse",
+    )
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the metrics here")
+    e.set_defaults(func=evaluate)
+
+    g = sub.add_parser(
+        "plot",
+        help="draw a run's figures, or compare several runs",
+        description="With one DIR, write DIR/plots/: depth_errors, objective and, for a saved "
+        "stack of a 2-D problem, trajectories (PNG and PDF). With several, write one "
+        "comparison of their rollout errors to --out.",
+    )
+    g.add_argument("dirs", nargs="+", metavar="DIR", help="a run directory (holds metrics.json)")
+    g.add_argument(
+        "--out",
+        default=None,
+        help="where the comparison of several runs goes, without suffix (default: ./compare)",
+    )
+    g.set_defaults(func=plot)
     return p
 
 

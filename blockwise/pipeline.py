@@ -2,13 +2,17 @@
 
 Stages (each skipped when its output already exists, so an interrupted run resumes):
     rollouts (cached by content hash) -> per-block pretraining -> per-block teacher-forced
-    errors with controls -> metrics.json and a plot of them (pretrain_errors.png/.pdf).
+    errors with controls -> the stack evaluated (teacher-forced and rollout error per layer,
+    breakdown depth, progress; an untrained stack beside it) -> end-to-end fine-tuning and the
+    looped baseline, evaluated the same way -> checkpoints (`checkpoint/` holds the final
+    stack; `finetuned/`, `looped/`) -> metrics.json -> plots (`plots/`, pretrain_errors).
 The output directory holds the resolved recipe (`recipe.yaml`); a directory holding another
 recipe, or anything else, is refused unless `force` is given.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,10 +21,15 @@ from pathlib import Path
 
 import torch
 
+from blockwise.checkpoints import load_stack, save_stack
 from blockwise.config import Recipe, dump_recipe
+from blockwise.evaluation.stack_eval import evaluate_stack, to_jsonable
 from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
 from blockwise.model import ReadIO
 from blockwise.plots import plot_pretrain_errors, save
+from blockwise.plots.runs import plot_runs
+from blockwise.stack import Stack
+from blockwise.training.finetune import train_stack
 from blockwise.training.pretrain import build_codec, load_data, new_block, pretrain
 
 
@@ -59,6 +68,32 @@ def prepare_out(recipe: Recipe, force: bool = False) -> tuple[Path, bool]:
     return out, False
 
 
+def _stage_stack(recipe, out: Path, name: str, stack: Stack, data: dict, log) -> Stack:
+    """Fine-tune `stack` as `name`, or load it if a finished run saved it as out/<name>."""
+    path = out / name
+    if path.exists():
+        log(f"{name}: loading {path}")
+        return load_stack(path)
+    log(f"{name}: fine-tuning end to end for {recipe.finetune.max_epochs} epochs")
+    return train_stack(recipe, stack, data, out, name)
+
+
+def _rollout_table(evaluations: dict) -> str:
+    """Median rollout error of the primary field per layer, one column per evaluation."""
+    names = list(evaluations)
+    first = evaluations[names[0]]
+    primary, layers = first["primary"], first["layers"]
+    lines = [f"{'layer':>5} " + " ".join(f"{n:>12}" for n in names)]
+    for k in range(layers):
+        cells = []
+        for n in names:
+            value = evaluations[n]["rollout"][primary]["median"][k]
+            cells.append(f"{value:>12.3g}" if value is not None else f"{'-':>12}")
+        lines.append(f"{k + 1:>5} " + " ".join(cells))
+    depths = ", ".join(f"{n} {evaluations[n]['breakdown_depth']}" for n in names)
+    return "\n".join(lines) + f"\nbreakdown depth (threshold {first['threshold']}): {depths}"
+
+
 def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     """Run the recipe's stages under recipe.out; returns the metrics."""
     out, finished = prepare_out(recipe, force)
@@ -78,16 +113,57 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     readio = ReadIO(codec.token_dim, recipe.block.width)
     untrained = [new_block(recipe, k) for k in range(1, recipe.steps + 1)]
     rows = teacher_forced_errors(codec, readio, problem, traj, blocks, untrained)
+    log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
+    log(format_table(rows))
+
+    threshold = recipe.eval.threshold
+    stacks = {
+        "untrained": Stack(codec, readio, untrained),
+        "stacked": Stack(codec, readio, [copy.deepcopy(b) for b in blocks]),
+    }
+    if recipe.finetune.max_epochs > 0:
+        tuned = Stack(codec, copy.deepcopy(readio), [copy.deepcopy(b) for b in blocks])
+        stacks["finetuned"] = _stage_stack(recipe, out, "finetuned", tuned, data, log)
+        if recipe.finetune.looped:
+            looped = Stack(
+                codec,
+                copy.deepcopy(readio),
+                [copy.deepcopy(blocks[0])],
+                looped=True,
+                depth=recipe.steps,
+            )
+            stacks["looped"] = _stage_stack(recipe, out, "looped", looped, data, log)
+    evaluations = {
+        name: to_jsonable(evaluate_stack(stack, problem, traj, threshold))
+        for name, stack in stacks.items()
+    }
+    log(f"rollout normalized error of {evaluations['stacked']['primary']} per layer (median):")
+    log(_rollout_table(evaluations))
+    for name in ("finetuned", "looped"):
+        if name in stacks and not (out / name).exists():
+            stage = "looped" if name == "looped" else "finetuned"
+            save_stack(stacks[name], recipe, out / name, evaluations[name], stage=stage)
+    final = "finetuned" if "finetuned" in stacks else "stacked"
+    save_stack(
+        stacks[final],
+        recipe,
+        out / "checkpoint",
+        evaluations[final],
+        stage=final if final == "finetuned" else "stacked",
+    )
+
     metrics = {
         "recipe": recipe.name,
         "pretrain": {"teacher_forced": rows},
+        "evaluations": evaluations,
         "seconds": {"rollouts": made, "total": time.perf_counter() - start},
         "torch": torch.__version__,
     }
-    log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
-    log(format_table(rows))
-    figure = plot_pretrain_errors(rows, title=recipe.name)
-    paths = save(figure, out / "pretrain_errors")
+    paths = save(plot_pretrain_errors(rows, title=recipe.name), out / "pretrain_errors")
     _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    log(f"wrote {out / 'metrics.json'}, {', '.join(str(p) for p in paths)}")
+    paths += plot_runs([out])
+    log(
+        f"wrote {out / 'metrics.json'}, {out / 'checkpoint'}, plots: "
+        f"{', '.join(p.name for p in paths if p.suffix == '.png')}"
+    )
     return metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
 from blockwise.config import load_recipe
 from blockwise.pipeline import OutputDirError, run
@@ -24,6 +25,8 @@ SHRINK = [
     "train.max_epochs=1",
     "train.batch_size=32",
     "train.warmup_steps=0",
+    "finetune.max_epochs=1",
+    "finetune.batch_size=32",
 ]
 
 
@@ -46,6 +49,15 @@ def test_every_recipe_runs_shrunk(path, tmp_path):
     out = Path(recipe.out)
     assert (out / "recipe.yaml").exists() and (out / "metrics.json").exists()
     assert all(block_path(out, k).exists() for k in (1, 2))
+    evaluations = metrics["evaluations"]
+    assert set(evaluations) == {"untrained", "stacked", "finetuned", "looped"}
+    for name, ev in evaluations.items():
+        assert ev["layers"] == 2 and ev["problems"] == 48, name
+    stack = load_stack(out / "checkpoint")
+    assert stack.depth == 2 and not stack.looped
+    assert read_config(out / "checkpoint")["metrics"] == evaluations["finetuned"]
+    assert load_stack(out / "looped").looped
+    assert (out / "plots" / "depth_errors.png").exists()
 
 
 def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):

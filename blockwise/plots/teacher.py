@@ -31,6 +31,53 @@ def save(fig: Figure, path: str | Path) -> list[Path]:
     return out
 
 
+def contours(
+    ax: Axes,
+    objective: Objective,
+    index: int,
+    batch: int,
+    points: torch.Tensor,
+    device: torch.device | str = "cpu",
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Light contours of problem `index`'s objective over a square window around the finite
+    `points` (N, 2); returns the window's (xlim, ylim).
+
+    The window is square so that, at equal aspect, the contours fill the axes. `objective` is
+    batched (B = `batch` problems), so the grid goes to every problem and row `index` is kept:
+    the one call that works for a Problem and a plain callable alike.
+    """
+    points = points[torch.isfinite(points).all(-1)]
+    lo, hi = points.min(0).values, points.max(0).values
+    centre, half = (lo + hi) / 2, 0.75 * (hi - lo).max().clamp_min(1e-3)
+    gx = torch.linspace(float(centre[0] - half), float(centre[0] + half), 120, dtype=torch.float64)
+    gy = torch.linspace(float(centre[1] - half), float(centre[1] + half), 120, dtype=torch.float64)
+    xx, yy = torch.meshgrid(gx, gy, indexing="xy")
+    grid = torch.stack([xx, yy], -1).reshape(1, -1, 2)
+    zz = evaluate(objective, grid.expand(batch, -1, -1).to(device))[index].reshape(xx.shape).cpu()
+    levels = torch.quantile(zz.flatten(), torch.linspace(0.0, 0.9, 14, dtype=torch.float64))
+    ax.contour(
+        xx.numpy(),
+        yy.numpy(),
+        zz.numpy(),
+        levels=torch.unique(levels).numpy(),
+        colors="0.75",
+        linewidths=0.6,
+    )
+    return (float(gx[0]), float(gx[-1])), (float(gy[0]), float(gy[-1]))
+
+
+def covariance_ellipse(mean: torch.Tensor, sigma: torch.Tensor, C: torch.Tensor) -> Ellipse:
+    """The 1-sigma ellipse of N(mean, sigma^2 C) in 2-D, unstyled.
+
+    C is symmetrized and its eigenvalues clamped at 0, and |sigma| taken, so that an emulated
+    state (a network's output, not quite a covariance) still draws as the ellipse it is near.
+    """
+    vals, vecs = torch.linalg.eigh((C + C.T) / 2)
+    minor, major = (sigma.abs() * vals.clamp_min(0).sqrt()).tolist()
+    angle = float(torch.rad2deg(torch.atan2(vecs[1, 1], vecs[0, 1])))  # the major axis
+    return Ellipse(mean.tolist(), 2 * major, 2 * minor, angle=angle)
+
+
 def plot_trajectory(
     objective: Objective,
     trajectory: Trajectory,
@@ -63,46 +110,18 @@ def plot_trajectory(
         else sorted(set(torch.linspace(0, k_max, 8).round().int().tolist()))
     )
     fig, ax = _axes(ax)
-
-    lo, hi = pts.reshape(-1, 2).min(0).values, pts.reshape(-1, 2).max(0).values
-    pad = 0.25 * (hi - lo).max().clamp_min(1e-3)
-    gx = torch.linspace(float(lo[0] - pad), float(hi[0] + pad), 120, dtype=torch.float64)
-    gy = torch.linspace(float(lo[1] - pad), float(hi[1] + pad), 120, dtype=torch.float64)
-    xx, yy = torch.meshgrid(gx, gy, indexing="xy")
-    grid = torch.stack([xx, yy], -1).reshape(1, -1, 2)
     batch = trajectory.diverged.shape[1]
     device = next(iter(trajectory.states.values())).device
-    # Evaluate the whole batch's objective at the grid and keep row `index` (f is batched).
-    zz = evaluate(objective, grid.expand(batch, -1, -1).to(device))[index].reshape(xx.shape).cpu()
-    levels = torch.quantile(zz.flatten(), torch.linspace(0.0, 0.9, 14, dtype=torch.float64))
-    ax.contour(
-        xx.numpy(),
-        yy.numpy(),
-        zz.numpy(),
-        levels=torch.unique(levels).numpy(),
-        colors="0.75",
-        linewidths=0.6,
-    )
+    contours(ax, objective, index, batch, pts.reshape(-1, 2), device)
 
     colors = [(0.1, 0.3, 0.8, 0.25 + 0.75 * i / max(len(steps) - 1, 1)) for i in range(len(steps))]
     for k, color in zip(steps, colors, strict=True):
         if "simplex" in states:
             ax.add_patch(Polygon(pts[k].numpy(), closed=True, fill=False, edgecolor=color, lw=1.0))
         elif "mean" in states:
-            vals, vecs = torch.linalg.eigh(states["C"][k])
-            minor, major = (states["sigma"][k] * vals.clamp_min(0).sqrt()).tolist()
-            angle = float(torch.rad2deg(torch.atan2(vecs[1, 1], vecs[0, 1])))  # major axis
-            ax.add_patch(
-                Ellipse(
-                    pts[k, 0].numpy(),
-                    2 * major,
-                    2 * minor,
-                    angle=angle,
-                    fill=False,
-                    edgecolor=color,
-                    lw=1.0,
-                )
-            )
+            ellipse = covariance_ellipse(pts[k, 0], states["sigma"][k], states["C"][k])
+            ellipse.set(fill=False, edgecolor=color, lw=1.0)
+            ax.add_patch(ellipse)
     path = pts[:, 0]
     ax.plot(path[:, 0].numpy(), path[:, 1].numpy(), "-", color="tab:red", lw=0.8, ms=2, marker=".")
     ax.set_xlabel("$x_1$")

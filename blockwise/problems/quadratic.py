@@ -45,8 +45,47 @@ class Quadratic(Problem):
         return {"x_opt": (2 * u - 1) * settings["shift"], "rotation": rotation, "eigvals": eigvals}
 
     def evaluate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        z = (x - p["x_opt"][:, None, :]) @ p["rotation"]  # (B, m, n): coordinates in Q's basis
-        return (p["eigvals"][:, None, :] * z**2).sum(-1)
+        return self._evaluate(x.permute(1, 2, 0).contiguous(), p).t().contiguous()
+
+    def evaluate_batch_last(self, x: Tensor) -> Tensor:
+        """f at points x (m, n, B), batch last, -> (m, B): `self(x.permute(2, 0, 1)).t()`, bit
+        for bit, without the transposes (teachers that work batch last call this)."""
+        if x.ndim != 3 or x.shape[1:] != (self.dim, self.batch_size):
+            raise ValueError(
+                f"quadratic: batch-last points must have shape (m, n={self.dim}, "
+                f"B={self.batch_size}), got {tuple(x.shape)}"
+            )
+        return self._evaluate(x, self._params_like(x))
+
+    def _evaluate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        """f at points x (m, n, B) -> (m, B).
+
+        Batch last, every operation is a vector operation over the B instances, where on
+        (B, m, n) tensors torch would loop over rows of n (a few values) and multiply a batch
+        of tiny matrices. Only elementwise operations, z_j = sum_i d_i Q_ij and
+        sum_j lam_j z_j^2 added in index order: a point's value depends neither on the other
+        points nor on the layout of x.
+        """
+        rotation, x_opt, eigvals = self._batch_last(p)
+        d = x - x_opt  # (m, n, B)
+        z = d[:, 0, None] * rotation[0]  # (m, n, B): coordinates in Q's basis
+        for i in range(1, self.dim):
+            z += d[:, i, None] * rotation[i]
+        w = z * z
+        w *= eigvals
+        f = w[:, 0]
+        for j in range(1, self.dim):
+            f = f + w[:, j]
+        return f
+
+    def _batch_last(self, p: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Q (n, n, B), x* (n, B) and lam (n, B) from the parameters p, cached per p."""
+        cache = self.__dict__.setdefault("_batch_last_cache", {})
+        key = id(p)
+        if key not in cache:  # p is kept alive with its entry, so its id is not reused
+            names = ("rotation", "x_opt", "eigvals")
+            cache[key] = (p, tuple(p[k].movedim(0, -1).contiguous() for k in names))
+        return cache[key][1]
 
     def hessian_half(self) -> Tensor:
         """A = Q diag(lam) Q^T (B, n, n), so that f(x) = (x - x*)^T A (x - x*)."""

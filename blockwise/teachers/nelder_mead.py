@@ -20,12 +20,15 @@ elementwise expressions (no fused multiply-adds, no `alpha=`), and the sort is s
 `np.argsort` is not, so the two part ways only where f values tie exactly).
 
 The helpers below are written for the P worst vertices moved at once, so that
-`parallel_nelder_mead` (Lee & Wiswall 2007) shares them; scipy's NM is the case P = 1.
+`parallel_nelder_mead` (Lee & Wiswall 2007) shares them; scipy's NM is the case P = 1, which
+`scipy_step` computes faster (batch last, with the new vertex inserted rather than the simplex
+sorted), giving the same floats as `scipy_moves` followed by `sort_simplex`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import torch
@@ -85,12 +88,17 @@ def initial_simplex(x0: Tensor, step: float | None = None) -> Tensor:
 
 def centroid(vertices: Tensor) -> Tensor:
     """Mean of vertices (B, m, n) -> (B, n), summed row after row as numpy's add.reduce does."""
-    total = vertices[:, 0]
-    for i in range(1, vertices.shape[1]):
-        total = total + vertices[:, i]
+    return mean_of_rows(vertices.transpose(0, 1))
+
+
+def mean_of_rows(rows: Tensor) -> Tensor:
+    """Mean over dim 0 of rows (m, ...), summed row after row as numpy's add.reduce does."""
+    total = rows[0] + rows[1] if rows.shape[0] > 1 else rows[0].clone()
+    for i in range(2, rows.shape[0]):
+        total += rows[i]
     # A tensor divisor: CUDA turns division by a Python scalar into multiplication by its
     # reciprocal, which can differ from numpy in the last bit.
-    return total / total.new_tensor(float(vertices.shape[1]))
+    return total.div_(total.new_tensor(float(rows.shape[0])))
 
 
 def evaluate_points(objective: Objective, points: Tensor) -> Tensor:
@@ -216,11 +224,167 @@ def scipy_moves(
     return new, new_f, branch, evals
 
 
+def evaluate_batch_last(objective: Objective, points: Tensor) -> Tensor:
+    """f at points (M, n, B), batch last, -> (M, B).
+
+    A problem that evaluates batch last itself (`Quadratic.evaluate_batch_last`) gets the
+    points as they are; any other objective gets them as a contiguous (B, M, n) tensor, as
+    scipy's caller builds them, so that one that sums over n rounds the same way.
+    """
+    batch_last = getattr(objective, "evaluate_batch_last", None)
+    if batch_last is not None:
+        return batch_last(points).to(points.dtype)
+    return evaluate_points(objective, points.permute(2, 0, 1).contiguous()).t()
+
+
+def scipy_step(
+    objective: Objective, simplex: Tensor, fvals: Tensor, coef: Coefficients
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scipy's step: what `scipy_moves` at P = 1 followed by `sort_simplex` give, faster.
+
+    The arithmetic runs batch last, on (n+1, n, B) and (4, n, B) tensors, where every
+    operation is a long vector operation over the B problems; in the (B, n+1, n) layout each
+    would loop over rows of n values, which costs torch several times more per element. The
+    4 candidates go to the objective in one call, as in `scipy_moves`; the n shrink points only
+    when some problem shrinks. scipy's six comparisons make a 6-bit code per problem, which
+    indexes tables of its decisions (`_decision_tables`). Only the worst vertex changes unless
+    the simplex shrinks, so the sorted simplex is the old one with the new vertex inserted
+    after every kept vertex whose f is <= its own (what a stable sort gives): rows are gathered
+    into place rather than sorted. A shrink, or kept f values out of order, go through
+    `sort_simplex` instead.
+
+    Args:
+        simplex: (B, n+1, n), sorted by fvals (B, n+1).
+    Returns:
+        simplex (B, n+1, n) and fvals (B, n+1), sorted; branch (B,); evals (B,).
+    """
+    sigma = coef.sigma
+    batch, n = simplex.shape[0], simplex.shape[-1]
+    device = simplex.device
+    sim = simplex.permute(1, 2, 0).contiguous()  # (n+1, n, B)
+    fsim = fvals.t().contiguous()  # (n+1, B)
+    xbar, worst = mean_of_rows(sim[:n]), sim[n]  # (n, B)
+    c = _candidate_coefficients(coef, simplex.dtype, device)  # (2, 4)
+    candidates = c[0, :, None, None] * xbar - c[1, :, None, None] * worst  # (4, n, B)
+    f = evaluate_batch_last(objective, candidates)  # (4, B)
+    fe, fr, fc, fcc = f
+    f_best, f_worst = fsim[0], fsim[n]
+    # scipy's six comparisons, each as its `if` writes it (so NaN fails them all), as the
+    # bits of a code that indexes tables of scipy's decisions.
+    bits = torch.empty((6, batch), dtype=torch.bool, device=device)
+    torch.lt(fr, f_best, out=bits[0])
+    torch.lt(fr, fsim[n - 1 :], out=bits[1:3])  # f_prev, f_worst
+    torch.lt(fe, fr, out=bits[3])
+    torch.lt(fcc, f_worst, out=bits[4])
+    torch.le(fc, fr, out=bits[5])
+    tables = _decision_tables(device)
+    code = (bits.view(torch.uint8) * tables["weights"]).sum(0)  # (B,) int64
+    branch = tables["branch"].index_select(0, code)
+    evals = tables["evals"].index_select(0, code)
+    kept = tables["candidate"].index_select(0, code)  # 0..3: xe, xr, xc, xcc
+    # The new vertex, recomputed from its candidate's coefficients: the same floats.
+    v = c[0].index_select(0, kept) * xbar - c[1].index_select(0, kept) * worst  # (n, B)
+    fv = f.gather(0, kept[None])[0]
+    shrink = branch == SHRINK
+
+    # The kept f values ascend with no NaN (one reduction), else the exact test below.
+    clean = n > 1 and bool((fsim[1:n] - fsim[: n - 1]).amin() >= 0)
+    if bool(shrink.any()) or not (clean or _ascending(fsim[:n])):
+        new, new_f = simplex.clone(), fvals.clone()
+        new[:, n], new_f[:, n] = v.t(), fv
+        if shrink.any():
+            best = sim[0]
+            shrunk = best + sigma * (sim[1:] - best)  # (n, n, B): from the original vertices
+            f_shrunk = evaluate_batch_last(objective, shrunk).t()  # (B, n)
+            new[:, 1:] = torch.where(shrink[:, None, None], shrunk.permute(2, 0, 1), new[:, 1:])
+            new_f[:, 1:] = torch.where(shrink[:, None], f_shrunk, new_f[:, 1:])
+            evals = evals + n * shrink
+        simplex, fvals = sort_simplex(new, new_f)
+        return simplex, fvals, branch, evals
+
+    # The new vertex goes after every kept vertex with f <= fv, i.e. before the `later` ones
+    # (none if fv is NaN). Each problem's rows, its n+1 vertices and then the new one, are
+    # gathered into slot order from the flattened (B (n+2), n) simplex.
+    if clean:  # no NaN among the kept values
+        later = (fsim[:n] > fv).sum(0)
+    else:
+        later = n - ((fsim[:n] <= fv) | fv.isnan()).sum(0)
+    first_rows, order = _insertion_rows(batch, n, device)
+    rows = first_rows + order.index_select(0, later).view(-1)  # (B (n+1),)
+    new = torch.cat([simplex, v.t()[:, None]], 1).view(-1, n).index_select(0, rows)
+    new_f = torch.cat([fvals, fv[:, None]], 1).view(-1).index_select(0, rows)
+    return new.view(batch, n + 1, n), new_f.view(batch, n + 1), branch, evals
+
+
+@functools.lru_cache(maxsize=16)
+def _candidate_coefficients(coef: Coefficients, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(2, 4): xe, xr, xc, xcc = c[0, k] xbar - c[1, k] worst, scipy's expressions, so that every
+    float64 operation rounds as numpy's does: (1 + rho chi) xbar - rho chi worst, and so on;
+    xcc = (1 - psi) xbar + psi worst has c[1, 3] = -psi (the same float: x - (-y) is x + y
+    exactly). Read only."""
+    rho, chi, psi, _ = coef
+    rows = [[1 + rho * chi, 1 + rho, 1 + psi * rho, 1 - psi], [rho * chi, rho, psi * rho, -psi]]
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _scipy_branch(
+    lt_best: bool, lt_prev: bool, lt_worst: bool, e_lt_r: bool, cc_lt_worst: bool, c_le_r: bool
+) -> int:
+    """scipy's decision tree on its comparisons fr < f_best, fr < f_prev, fr < f_worst,
+    fe < fr, fcc < f_worst and fc <= fr: the branch code 0..5."""
+    if lt_best:
+        return 0 if e_lt_r else 1
+    if lt_prev:
+        return 2
+    if lt_worst:
+        return 3 if c_le_r else SHRINK
+    return 4 if cc_lt_worst else SHRINK
+
+
+@functools.lru_cache(maxsize=4)
+def _decision_tables(device: torch.device) -> dict[str, Tensor]:
+    """Per 6-bit code of scipy's comparisons (bit k = comparison k of `_scipy_branch`): the
+    branch, the evaluations it counts (n more for a shrink are added by the caller) and the
+    candidate kept (0..3: xe, xr, xc, xcc; xr stands in for a shrink). Read only."""
+    branch = [_scipy_branch(*(bool(code >> k & 1) for k in range(6))) for code in range(64)]
+    return {
+        "weights": torch.tensor([1, 2, 4, 8, 16, 32], dtype=torch.uint8, device=device)[:, None],
+        "branch": torch.tensor(branch, device=device),
+        "evals": torch.tensor([1 if b == 2 else 2 for b in branch], device=device),
+        "candidate": torch.tensor([(0, 1, 1, 2, 3, 1)[b] for b in branch], device=device),
+    }
+
+
+def _ascending(f: Tensor) -> bool:
+    """Whether every column of f (m, B) ascends, NaN last (the order `sort_simplex` makes)."""
+    return bool(((f[:-1] <= f[1:]) | f[1:].isnan()).all())
+
+
+@functools.lru_cache(maxsize=16)
+def _insertion_rows(batch: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Index tensors (read only) for inserting vertex n+1 of each problem before its `later`
+    last vertices: first_rows (B (n+1),), b (n+2) repeated n+1 times for problem b, and
+    order (n+1, n+1), order[later] = the vertices in slot order, with at = n - later: 0 ..
+    at-1, then n+1, then at .. n-1."""
+    slots = torch.arange(n + 1, device=device)
+    at = n - slots[:, None]
+    order = torch.where(slots < at, slots, torch.where(slots == at, n + 1, slots - 1))
+    first_rows = torch.arange(batch, device=device).mul_(n + 2).repeat_interleave(n + 1)
+    return first_rows, order
+
+
 def finish(
     state: State, done: Tensor, simplex: Tensor, fvals: Tensor, branch: Tensor, evals: Tensor
 ) -> tuple[State, dict[str, Tensor]]:
     """The next state (sorted; done problems frozen) and the extras, from a step's moves."""
     simplex, fvals = sort_simplex(simplex, fvals)
+    return freeze(state, done, simplex, fvals, branch, evals)
+
+
+def freeze(
+    state: State, done: Tensor, simplex: Tensor, fvals: Tensor, branch: Tensor, evals: Tensor
+) -> tuple[State, dict[str, Tensor]]:
+    """The next state and the extras from a step's sorted results, done problems frozen."""
     if done.any():
         evals = torch.where(done, 0, evals)
         simplex = torch.where(done[:, None, None], state["simplex"], simplex)
@@ -273,12 +437,11 @@ class NelderMead(Teacher):
         """One pass of scipy's loop for every problem not yet done."""
         state = check_state(state, self)
         simplex, fvals = state["simplex"], state["fvals"]
-        done = state["done"] | converged(simplex, fvals, self.xatol, self.fatol)
+        done = state["done"]
+        if self.xatol is not None:
+            done = done | converged(simplex, fvals, self.xatol, self.fatol)
         coef = coefficients(simplex.shape[-1], self.adaptive)
-        simplex, fvals, branch, evals = scipy_moves(objective, simplex, fvals, 1, coef)
-        new, extras = finish(state, done, simplex, fvals, branch, evals)
-        extras["branch"] = extras["branch"][:, 0]
-        return new, extras
+        return freeze(state, done, *scipy_step(objective, simplex, fvals, coef))
 
     def incumbent(self, state: State) -> Tensor:
         """The best vertex (B, n)."""

@@ -1,0 +1,187 @@
+"""save_stack and load_stack: a Stack to a checkpoint directory and back, checked both ways.
+
+Saving checks that the recipe rebuilds the stack it is stored with; loading rebuilds the
+stack from config.json alone, checks every tensor's name and shape, and loads strictly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+
+from blockwise import problems, teachers
+from blockwise.checkpoints.atomic import left_aside, replace_dir
+from blockwise.checkpoints.config import (
+    CONFIG,
+    FORMAT_VERSION,
+    STAGES,
+    WEIGHTS,
+    CheckpointError,
+    describe,
+    read_config,
+)
+from blockwise.codec import make_codec
+from blockwise.config import Recipe, recipe_from_dict, recipe_to_dict
+from blockwise.model import Block, ReadIO
+from blockwise.stack import Stack
+
+PICKLES = (".ckpt", ".pt", ".pth", ".pkl", ".pickle", ".bin")
+NO_PICKLES = (
+    "blockwise never unpickles (loading a pickle can run arbitrary code), and Lightning .ckpt "
+    "files are for resuming training only; a stacked checkpoint is a directory holding "
+    f"{CONFIG} and {WEIGHTS}, written by blockwise.save_stack"
+)
+
+
+def save_stack(
+    stack: Stack,
+    recipe: Recipe,
+    path: str | Path,
+    metrics: dict | None = None,
+    stage: str = "finetuned",
+) -> Path:
+    """Write `stack` and what rebuilds it to the directory `path`, atomically; return `path`.
+
+    An existing checkpoint at `path` is replaced: a crash at any point leaves the old one or
+    the new one there, never a partial directory. Raises ValueError if `stack` was not built
+    from `recipe` (a checkpoint must rebuild the model it holds), or if `path` holds anything
+    but a checkpoint (it is not deleted).
+    """
+    path = Path(path)
+    if stage not in STAGES:
+        raise ValueError(f"save_stack: stage must be one of {STAGES}, got {stage!r}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"save_stack: {path} exists and is not a directory; not replacing it")
+    others = sorted({p.name for p in path.iterdir()} - {CONFIG, WEIGHTS}) if path.exists() else []
+    if others:
+        raise ValueError(f"save_stack: {path} holds {', '.join(others)}, so it is not a "
+                         "checkpoint directory; not replacing it")
+    # Round trip through the loader so that what is stored is the resolved recipe.
+    recipe = recipe_from_dict(recipe_to_dict(recipe))
+    state = {name: t.detach().cpu().contiguous() for name, t in stack.state_dict().items()}
+    config = describe(stack, recipe, _shapes(state), metrics, stage)
+    _check_stack(stack, recipe, config)
+    text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+    metadata = {"format": "pt", "blockwise_format": str(FORMAT_VERSION), "stage": stage}
+
+    def write(directory: Path) -> None:
+        (directory / CONFIG).write_text(text, encoding="utf-8")
+        save_file(state, directory / WEIGHTS, metadata=metadata)
+
+    replace_dir(path, write)
+    return path
+
+
+def load_stack(path: str | Path, device: str | torch.device = "cpu") -> Stack:
+    """The stack saved in the directory `path`, its tensors on `device`, in eval mode."""
+    path = _checkpoint_dir(Path(path))
+    config = read_config(path)
+    stack = _skeleton(config, path / CONFIG)
+    mismatch = _diff(config["tensors"], _shapes(stack.state_dict()))
+    if mismatch:
+        raise CheckpointError(path / CONFIG, "tensors does not match the model that codec, "
+                                             f"block and depth describe: {mismatch}")
+    weights = path / WEIGHTS
+    try:
+        state = load_file(weights, device=str(torch.device(device)))
+    except safetensors.SafetensorError as err:
+        raise CheckpointError(
+            weights, f"not a readable safetensors file, truncated or corrupt ({err})"
+        ) from None
+    mismatch = _diff(_shapes(state), config["tensors"])
+    if mismatch:
+        raise CheckpointError(weights, f"tensors do not match {CONFIG}: {mismatch}")
+    # The skeleton's parameters live on the meta device; assign=True makes them the loaded
+    # tensors, with their dtype and device.
+    stack.load_state_dict(state, strict=True, assign=True)
+    return stack.eval()
+
+
+def _check_stack(stack: Stack, recipe: Recipe, config: dict) -> None:
+    """ValueError unless config.json, built from `recipe`, rebuilds `stack`."""
+    codec, p, t, c = config["codec"], recipe.problem, recipe.teacher, recipe.codec
+    expected = {"teacher": t.name, "teacher_settings": t.settings, "family": p.family,
+                "dim": p.dim, "mode": c.mode, "frame": c.frame}
+    wrong = [f"{k} is {codec[k]!r}, the recipe says {v!r}"
+             for k, v in expected.items() if codec[k] != v]
+    if wrong:
+        raise ValueError(f"save_stack: the stack's codec does not match the recipe: "
+                         f"{'; '.join(wrong)}")
+    # Shapes cannot show these settings; the skeleton below checks the rest.
+    b = recipe.block
+    settings = (b.norm, b.attention, b.heads, b.dropout)
+    for i, block in enumerate(stack.blocks):
+        found = (block.norm, block.attn.kind, block.attn.heads, block.drop.p)
+        if found != settings:
+            raise ValueError(
+                f"save_stack: block {i + 1} does not match recipe.block: (norm, attention, "
+                f"heads, dropout) = {found}, the recipe says {settings}"
+            )
+    mismatch = _diff(config["tensors"], _shapes(_skeleton(config, "save_stack").state_dict()))
+    if mismatch:
+        raise ValueError(f"save_stack: the stack does not match recipe.block: {mismatch}")
+
+
+def _skeleton(config: dict, file: str | Path) -> Stack:
+    """The stack config.json describes, its parameters on the meta device (no storage)."""
+    c, b = config["codec"], config["block"]
+    try:
+        teacher = teachers.make(c["teacher"], **c["teacher_settings"])
+        # One instance gives the layout of the problem tokens; its values do not matter.
+        problem = problems.make(
+            c["family"], batch=1, dim=c["dim"], seed=0, **c["problem_settings"]
+        )
+        codec = make_codec(teacher, problem, mode=c["mode"], frame=c["frame"])
+        with torch.device("meta"):
+            readio = ReadIO(codec.token_dim, b["width"])
+            blocks = [Block(**b) for _ in range(1 if config["looped"] else config["depth"])]
+            stack = Stack(codec, readio, blocks, config["looped"], config["depth"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(file, f"cannot rebuild the stack: {err}") from None
+    if (codec.token_dim, codec.num_tokens) != (c["token_dim"], c["num_tokens"]):
+        raise CheckpointError(
+            file, f"codec: the rebuilt codec has token_dim {codec.token_dim} and num_tokens "
+            f"{codec.num_tokens}, {CONFIG} says {c['token_dim']} and {c['num_tokens']}"
+        )
+    return stack
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    return {name: list(t.shape) for name, t in state.items()}
+
+
+def _diff(found: dict[str, list], expected: dict[str, list]) -> str:
+    """Each tensor missing from `found`, unexpected in it or of the wrong shape; "" if none."""
+    lines = [f"missing {n} {expected[n]}" for n in expected if n not in found]
+    lines += [f"unexpected {n} {found[n]}" for n in found if n not in expected]
+    lines += [f"{n} has shape {found[n]}, expected {expected[n]}"
+              for n in found if n in expected and found[n] != expected[n]]
+    return "; ".join(lines)
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    """`path` if it is a directory holding both files; else an error saying what is wrong."""
+    if path.suffix.lower() in PICKLES and not path.is_dir():
+        raise CheckpointError(path, f"refusing to load a {path.suffix} file: {NO_PICKLES}")
+    if not path.exists():
+        aside = left_aside(path)
+        hint = f"; an interrupted save left the previous one at {aside}" if aside else ""
+        raise CheckpointError(path, f"no such checkpoint directory{hint}")
+    if not path.is_dir():
+        raise CheckpointError(path, f"expected a directory holding {CONFIG} and {WEIGHTS}")
+    missing = [name for name in (CONFIG, WEIGHTS) if not (path / name).is_file()]
+    if missing:
+        present = sorted(p.name for p in path.iterdir())
+        pickles = [name for name in present if Path(name).suffix.lower() in PICKLES]
+        if pickles:
+            raise CheckpointError(
+                path, f"holds {', '.join(pickles)} but no {' or '.join(missing)}: {NO_PICKLES}"
+            )
+        raise CheckpointError(
+            path, f"missing {', '.join(missing)} (it holds {', '.join(present) or 'nothing'})"
+        )
+    return path

@@ -1,0 +1,228 @@
+"""End-to-end fine-tuning of a stack: a thin LightningModule around `Stack`.
+
+The stack runs from the teacher's s_0, each layer encoding the *emulated* state in its own
+frame (so the loss sees the errors that compound), and layer k's prediction is compared with
+the teacher's s_k in that frame: at every layer (deep supervision, layer k weighted
+ratio^(k-1)) or at the last one only. Blocks may be frozen for a first phase in which only the
+shared read-in/read-out train (Lightning's `BaseFinetuning`). The looped baseline is the same
+module around a stack of one block applied K times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from blockwise.problems import Problem
+from blockwise.rollout import Trajectory
+from blockwise.stack import Stack
+from blockwise.training.block_module import DivergedTraining, field_losses
+from blockwise.training.optim import adamw_with_schedule
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+    """Some problems and their teacher trajectories: states field -> (K+1, b, ...)."""
+
+    problem: Problem
+    states: dict[str, Tensor]
+
+    def state(self, k: int) -> dict[str, Tensor]:
+        return {name: value[k] for name, value in self.states.items()}
+
+
+class Rollouts:
+    """Index-able problems of one split whose teacher trajectory never diverged."""
+
+    def __init__(self, problem: Problem, traj: Trajectory):
+        self.keep = (~traj.diverged.any(0)).nonzero().flatten()
+        self.problem, self.traj = problem, traj
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, index: list[int]) -> RolloutBatch:
+        rows = self.keep[torch.as_tensor(index)]
+        states = {name: value[:, rows] for name, value in self.traj.states.items()}
+        return RolloutBatch(self.problem[rows], states)
+
+
+class RolloutDataModule(L.LightningDataModule):
+    """Train and validation rollouts, in batches of whole trajectories."""
+
+    def __init__(self, splits: dict[str, tuple[Problem, Trajectory]], batch_size: int, seed: int):
+        super().__init__()
+        self.sets = {name: Rollouts(*splits[name]) for name in ("train", "val")}
+        self.batch_size, self.seed = batch_size, seed
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        data = self.sets[name]
+        base = (
+            RandomSampler(data, generator=torch.Generator().manual_seed(self.seed))
+            if shuffle
+            else SequentialSampler(data)
+        )
+        sampler = BatchSampler(base, self.batch_size, drop_last=False)
+        return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=lambda b: b)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+
+class FreezeBlocks(BaseFinetuning):
+    """Blocks frozen for the first `epochs` epochs, then trained with the rest."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def freeze_before_training(self, pl_module: StackModule) -> None:
+        self.freeze(pl_module.stack.blocks, train_bn=False)
+
+    def finetune_function(self, pl_module: StackModule, epoch: int, optimizer) -> None:
+        if epoch == self.epochs:
+            self.unfreeze_and_add_param_group(pl_module.stack.blocks, optimizer, train_bn=False)
+
+
+class StackModule(L.LightningModule):
+    """Trains a stack end to end against the teacher's trajectory.
+
+    Args:
+        stack: the stack (its blocks train; its read-in/read-out only with `train_readio`).
+        loss_weights: state field -> weight (fields not named weigh 1).
+        supervision: "every_layer" or "last".
+        layer_weight_ratio: layer k's weight is ratio^(k-1) under every_layer supervision.
+        lr, weight_decay, schedule, warmup_steps: as in `BlockModule`.
+        train_readio: train the shared read-in/read-out too.
+        name: used in messages.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        loss_weights: dict[str, float] | None = None,
+        supervision: str = "every_layer",
+        layer_weight_ratio: float = 1.0,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        train_readio: bool = False,
+        name: str = "stack",
+    ):
+        super().__init__()
+        self.stack = stack
+        self.stack.readio.requires_grad_(train_readio)
+        fields = stack.codec.learned_fields
+        self.weights = {f: float((loss_weights or {}).get(f, 1.0)) for f in fields}
+        depth = stack.depth
+        if supervision == "last":
+            self.layer_weights = [0.0] * (depth - 1) + [1.0]
+        else:
+            self.layer_weights = [layer_weight_ratio ** (k - 1) for k in range(1, depth + 1)]
+        self.lr, self.weight_decay = lr, weight_decay
+        self.schedule, self.warmup_steps, self.name = schedule, warmup_steps, name
+
+    def layer_losses(self, batch: RolloutBatch) -> list[Tensor]:
+        """The loss of each layer k = 1..K on a batch, run from the teacher's s_0."""
+        codec, readio = self.stack.codec, self.stack.readio
+        dtype = readio.read_in.weight.dtype
+        state, losses = batch.state(0), []
+        for k in range(1, self.stack.depth + 1):
+            enc = codec.encode(state, batch.problem)
+            tokens = readio.layer(self.stack.block(k), enc.tokens.to(dtype)).to(enc.tokens.dtype)
+            target = codec.to_frame(batch.state(k), enc.frame)
+            per_field = field_losses(codec.read(tokens), target)
+            losses.append(sum(self.weights[f] * v for f, v in per_field.items()))
+            state = codec.decode(tokens, enc)
+        return losses
+
+    def _step(self, batch: RolloutBatch, stage: str) -> Tensor:
+        losses = self.layer_losses(batch)
+        loss = sum(w * x for w, x in zip(self.layer_weights, losses, strict=True))
+        size = len(batch.states[next(iter(batch.states))][0])
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
+        if stage == "val":
+            for k, layer_loss in enumerate(losses, start=1):
+                self.log(f"val/loss_layer_{k:02d}", layer_loss, batch_size=size)
+        return loss
+
+    def transfer_batch_to_device(self, batch: RolloutBatch, device, dataloader_idx: int):
+        states = {k: v.to(device, non_blocking=True) for k, v in batch.states.items()}
+        return RolloutBatch(batch.problem, states)
+
+    def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            raise DivergedTraining(
+                f"{self.name}: the fine-tuning loss became {loss.item()} at step "
+                f"{self.global_step}; the last checkpoint saved before it is kept. Lower "
+                "finetune.lr or set finetune.grad_clip."
+            )
+        return loss
+
+    def validation_step(self, batch: RolloutBatch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return adamw_with_schedule(
+            [p for p in self.parameters() if p.requires_grad],
+            self.lr,
+            self.weight_decay,
+            self.schedule,
+            self.warmup_steps,
+            int(self.trainer.estimated_stepping_batches),
+        )
+
+
+def train_stack(recipe, stack: Stack, data: dict, out, name: str) -> Stack:
+    """Fine-tune `stack` with recipe.finetune on the train split, resuming from
+    out/resume/<name>/last.ckpt if an earlier run was interrupted; returns the stack."""
+    fc = recipe.finetune
+    module = StackModule(
+        stack,
+        dict(fc.loss_weights),
+        fc.supervision,
+        fc.layer_weight_ratio,
+        fc.lr,
+        fc.weight_decay,
+        fc.schedule,
+        fc.warmup_steps,
+        fc.train_readio,
+        name=name,
+    )
+    resume = Path(out) / "resume" / name
+    callbacks = [ModelCheckpoint(dirpath=resume, save_last=True, save_top_k=0)]
+    if fc.freeze_blocks_epochs:
+        callbacks.append(FreezeBlocks(fc.freeze_blocks_epochs))
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    trainer = L.Trainer(
+        max_epochs=fc.max_epochs,
+        accelerator=fc.accelerator,
+        devices=fc.devices,
+        strategy=fc.strategy,
+        precision=fc.precision,
+        deterministic=fc.deterministic,
+        gradient_clip_val=fc.grad_clip or None,
+        logger=CSVLogger(Path(out) / "logs", name=name),
+        callbacks=callbacks,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        log_every_n_steps=fc.log_every_n_steps,
+        default_root_dir=out,
+    )
+    dm = RolloutDataModule({s: data[s] for s in ("train", "val")}, fc.batch_size, recipe.seed)
+    last = resume / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=last if last.exists() else None)
+    return stack.eval()
