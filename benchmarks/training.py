@@ -3,6 +3,7 @@ machine's matmul peak, the share of time spent making pairs, and the quickstart 
 
     python benchmarks/training.py                 # quickstart's block 1, 2 threads
     python benchmarks/training.py --quickstart    # also time `blockwise run` on the quickstart
+                                                  # and the evaluation of its stack
 
 Both loops train the same block on the same pairs with the same batches and optimizer, in
 this process, one after the other; the ratio is Lightning's steps/s over the bare loop's.
@@ -23,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from blockwise.config import load_recipe
+from blockwise.evaluation.stack_eval import eval_checkpoint
 from blockwise.model import ReadIO
 from blockwise.training.block_module import BlockModule, field_losses
 from blockwise.training.datamodule import PairDataModule
@@ -163,11 +165,17 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             wall = time.perf_counter() - start
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(
-            f"quickstart  `blockwise run {args.recipe}`: {wall:.0f} s wall, "
-            f"{peak_mb:.0f} MB peak resident memory"
-        )
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            print(
+                f"quickstart  `blockwise run {args.recipe}`: {wall:.0f} s wall, "
+                f"{peak_mb:.0f} MB peak resident memory"
+            )
+            start = time.perf_counter()
+            evaluated = eval_checkpoint(f"{tmp}/run/checkpoint", problems=1024)
+            print(
+                f"evaluation  of its stack on {evaluated['problems']} fresh test problems "
+                f"(their rollouts included): {time.perf_counter() - start:.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -143,7 +143,8 @@ def rollout(teacher: Teacher | str, objective: Objective, x0: Tensor, steps: int
         for name, value in state.items():
             states[name][k + 1] = value
         for name, value in info.items():
-            if name not in extras:
-                extras[name] = _buffer(value, steps).zero_()
+            if name not in extras:  # zeros before the first step that reports it
+                extras[name] = _buffer(value, steps)
+                extras[name][:k] = 0
             extras[name][k] = value
     return Trajectory(states, extras, diverged)

@@ -8,13 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
 from blockwise.config import load_recipe
 from blockwise.pipeline import OutputDirError, run
-from blockwise.training.block_module import DivergedTraining
 from blockwise.training.pretrain import block_path
+from blockwise.training.trainer import DivergedTraining
 
 RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
 SHRINK = [
@@ -141,3 +143,26 @@ def test_workers_train_blocks_in_parallel_processes(tmp_path):
     assert any("in 2 processes" in s for s in said)
     saved = json.loads((Path(recipe.out) / "metrics.json").read_text())
     assert len(saved["pretrain"]["teacher_forced"]) == 2
+
+
+def test_finetuning_with_a_frozen_first_phase_and_last_layer_supervision(tmp_path):
+    recipe = shrunk(
+        RECIPES[0].parent / "quickstart.yaml",
+        tmp_path,
+        "finetune.max_epochs=2",
+        "finetune.freeze_blocks_epochs=1",
+        "finetune.train_readio=true",
+        "finetune.supervision=last",
+        "finetune.looped=false",
+    )
+    metrics = run(recipe, log=lambda *_: None)
+    assert set(metrics["evaluations"]) == {"untrained", "stacked", "finetuned"}
+    out = Path(recipe.out)
+    tuned = load_stack(out / "finetuned")
+    eye = torch.eye(*tuned.readio.read_in.weight.shape)
+    assert not torch.equal(tuned.readio.read_in.weight, eye), "read-in did not train"
+    pretrained = load_file(block_path(out, 1))
+    moved = [
+        k for k, v in tuned.blocks[0].state_dict().items() if not torch.equal(v, pretrained[k])
+    ]
+    assert moved, "the blocks did not train after the frozen phase"

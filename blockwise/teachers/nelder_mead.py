@@ -261,8 +261,9 @@ def scipy_step(
     sigma = coef.sigma
     batch, n = simplex.shape[0], simplex.shape[-1]
     device = simplex.device
+    first_rows, order, f_columns = _index_tables(batch, n, device)
     sim = simplex.permute(1, 2, 0).contiguous()  # (n+1, n, B)
-    fsim = fvals.t().contiguous()  # (n+1, B)
+    fsim = fvals.reshape(-1).index_select(0, f_columns).view(n + 1, batch)  # fvals.t(), faster
     xbar, worst = mean_of_rows(sim[:n]), sim[n]  # (n, B)
     c = _candidate_coefficients(coef, simplex.dtype, device)  # (2, 4)
     candidates = c[0, :, None, None] * xbar - c[1, :, None, None] * worst  # (4, n, B)
@@ -285,13 +286,13 @@ def scipy_step(
     # The new vertex, recomputed from its candidate's coefficients: the same floats.
     v = c[0].index_select(0, kept) * xbar - c[1].index_select(0, kept) * worst  # (n, B)
     fv = f.gather(0, kept[None])[0]
-    shrink = branch == SHRINK
 
     # The kept f values ascend with no NaN (one reduction), else the exact test below.
-    clean = n > 1 and bool((fsim[1:n] - fsim[: n - 1]).amin() >= 0)
-    if bool(shrink.any()) or not (clean or _ascending(fsim[:n])):
+    clean = n > 1 and float((fsim[1:n] - fsim[: n - 1]).amin()) >= 0
+    if int(branch.max()) == SHRINK or not (clean or _ascending(fsim[:n])):
         new, new_f = simplex.clone(), fvals.clone()
         new[:, n], new_f[:, n] = v.t(), fv
+        shrink = branch == SHRINK
         if shrink.any():
             best = sim[0]
             shrunk = best + sigma * (sim[1:] - best)  # (n, n, B): from the original vertices
@@ -309,7 +310,6 @@ def scipy_step(
         later = (fsim[:n] > fv).sum(0)
     else:
         later = n - ((fsim[:n] <= fv) | fv.isnan()).sum(0)
-    first_rows, order = _insertion_rows(batch, n, device)
     rows = first_rows + order.index_select(0, later).view(-1)  # (B (n+1),)
     new = torch.cat([simplex, v.t()[:, None]], 1).view(-1, n).index_select(0, rows)
     new_f = torch.cat([fvals, fv[:, None]], 1).view(-1).index_select(0, rows)
@@ -361,16 +361,21 @@ def _ascending(f: Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _insertion_rows(batch: int, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Index tensors (read only) for inserting vertex n+1 of each problem before its `later`
-    last vertices: first_rows (B (n+1),), b (n+2) repeated n+1 times for problem b, and
-    order (n+1, n+1), order[later] = the vertices in slot order, with at = n - later: 0 ..
-    at-1, then n+1, then at .. n-1."""
+def _index_tables(batch: int, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Index tensors (read only) for B problems in n dimensions.
+
+    first_rows (B (n+1),): b (n+2), n+1 times for each problem b; order (n+1, n+1):
+    order[later] lists, in slot order, the rows of a problem's n+1 vertices followed by a new
+    one (row n+1) that goes before the `later` last kept vertices (at slot n - later); and
+    f_columns (B (n+1),), which reads fvals (B, n+1), flattened, column by column.
+    """
     slots = torch.arange(n + 1, device=device)
     at = n - slots[:, None]
     order = torch.where(slots < at, slots, torch.where(slots == at, n + 1, slots - 1))
-    first_rows = torch.arange(batch, device=device).mul_(n + 2).repeat_interleave(n + 1)
-    return first_rows, order
+    problems = torch.arange(batch, device=device)
+    first_rows = (problems * (n + 2)).repeat_interleave(n + 1)
+    f_columns = (slots[:, None] + problems * (n + 1)).view(-1)
+    return first_rows, order, f_columns
 
 
 def finish(

@@ -15,10 +15,7 @@ from torch import Tensor
 from blockwise.evaluation import normalized_error
 from blockwise.model import Block, ReadIO
 from blockwise.training.optim import adamw_with_schedule
-
-
-class DivergedTraining(RuntimeError):
-    """The training loss stopped being finite."""
+from blockwise.training.trainer import check_finite
 
 
 def field_losses(pred: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -93,12 +90,7 @@ class BlockModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            raise DivergedTraining(
-                f"{self.name}: the training loss became {loss.item()} at step "
-                f"{self.global_step}; the weights were not updated with it, and the last "
-                "checkpoint saved before it is kept. Lower train.lr or set train.grad_clip."
-            )
+        check_finite(loss, self.name, self.global_step, "train")
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -11,21 +11,19 @@ module around a stack of one block applied K times.
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import BaseFinetuning
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory
 from blockwise.stack import Stack
-from blockwise.training.block_module import DivergedTraining, field_losses
+from blockwise.training.block_module import field_losses
 from blockwise.training.optim import adamw_with_schedule
+from blockwise.training.trainer import check_finite, fit
 
 
 @dataclasses.dataclass
@@ -81,7 +79,11 @@ class RolloutDataModule(L.LightningDataModule):
 
 
 class FreezeBlocks(BaseFinetuning):
-    """Blocks frozen for the first `epochs` epochs, then trained with the rest."""
+    """Blocks frozen for the first `epochs` epochs, then trained with the rest.
+
+    The optimizer holds the blocks' parameters from the start (a frozen one has no gradient,
+    so AdamW skips it); unfreezing adds no parameter group, which a per-step LR schedule,
+    built for the groups it was given, could not follow."""
 
     def __init__(self, epochs: int):
         super().__init__()
@@ -92,7 +94,7 @@ class FreezeBlocks(BaseFinetuning):
 
     def finetune_function(self, pl_module: StackModule, epoch: int, optimizer) -> None:
         if epoch == self.epochs:
-            self.unfreeze_and_add_param_group(pl_module.stack.blocks, optimizer, train_bn=False)
+            self.make_trainable(pl_module.stack.blocks)
 
 
 class StackModule(L.LightningModule):
@@ -123,6 +125,7 @@ class StackModule(L.LightningModule):
     ):
         super().__init__()
         self.stack = stack
+        self.train_readio = train_readio
         self.stack.readio.requires_grad_(train_readio)
         fields = stack.codec.learned_fields
         self.weights = {f: float((loss_weights or {}).get(f, 1.0)) for f in fields}
@@ -164,20 +167,18 @@ class StackModule(L.LightningModule):
 
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        if not torch.isfinite(loss):
-            raise DivergedTraining(
-                f"{self.name}: the fine-tuning loss became {loss.item()} at step "
-                f"{self.global_step}; the last checkpoint saved before it is kept. Lower "
-                "finetune.lr or set finetune.grad_clip."
-            )
+        check_finite(loss, self.name, self.global_step, "finetune")
         return loss
 
     def validation_step(self, batch: RolloutBatch, batch_idx: int) -> None:
         self._step(batch, "val")
 
     def configure_optimizers(self):
+        trained = [*self.stack.blocks.parameters()]
+        if self.train_readio:
+            trained += [*self.stack.readio.parameters()]
         return adamw_with_schedule(
-            [p for p in self.parameters() if p.requires_grad],
+            trained,
             self.lr,
             self.weight_decay,
             self.schedule,
@@ -202,27 +203,8 @@ def train_stack(recipe, stack: Stack, data: dict, out, name: str) -> Stack:
         fc.train_readio,
         name=name,
     )
-    resume = Path(out) / "resume" / name
-    callbacks = [ModelCheckpoint(dirpath=resume, save_last=True, save_top_k=0)]
-    if fc.freeze_blocks_epochs:
-        callbacks.append(FreezeBlocks(fc.freeze_blocks_epochs))
+    callbacks = [FreezeBlocks(fc.freeze_blocks_epochs)] if fc.freeze_blocks_epochs else []
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    trainer = L.Trainer(
-        max_epochs=fc.max_epochs,
-        accelerator=fc.accelerator,
-        devices=fc.devices,
-        strategy=fc.strategy,
-        precision=fc.precision,
-        deterministic=fc.deterministic,
-        gradient_clip_val=fc.grad_clip or None,
-        logger=CSVLogger(Path(out) / "logs", name=name),
-        callbacks=callbacks,
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        log_every_n_steps=fc.log_every_n_steps,
-        default_root_dir=out,
-    )
     dm = RolloutDataModule({s: data[s] for s in ("train", "val")}, fc.batch_size, recipe.seed)
-    last = resume / "last.ckpt"
-    trainer.fit(module, datamodule=dm, ckpt_path=last if last.exists() else None)
+    fit(module, dm, fc, out, name, callbacks)
     return stack.eval()

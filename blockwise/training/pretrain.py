@@ -11,15 +11,12 @@ resumes from Lightning's `resume/block_KK/last.ckpt`. Nothing finished is traine
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file, save_file
 
 from blockwise import teachers
@@ -32,6 +29,7 @@ from blockwise.stack import Stack
 from blockwise.training.block_module import BlockModule
 from blockwise.training.datamodule import PairDataModule
 from blockwise.training.rollouts import Split, load_or_roll_out
+from blockwise.training.trainer import fit
 
 SPLITS = ("train", "val", "test")
 
@@ -146,24 +144,7 @@ def train_block(
         name=f"block {layer}",
     )
     L.seed_everything(recipe.seed + layer, workers=True, verbose=False)
-    resume = out / "resume" / f"block_{layer:02d}"
-    trainer = L.Trainer(
-        max_epochs=tc.max_epochs,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        strategy=tc.strategy,
-        precision=tc.precision,
-        deterministic=tc.deterministic,
-        gradient_clip_val=tc.grad_clip or None,
-        logger=CSVLogger(out / "logs", name=f"block_{layer:02d}"),
-        callbacks=[ModelCheckpoint(dirpath=resume, save_last=True, save_top_k=0)],
-        enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False,
-        log_every_n_steps=tc.log_every_n_steps,
-        default_root_dir=out,
-    )
-    last = resume / "last.ckpt"
-    trainer.fit(module, datamodule=dm, ckpt_path=last if last.exists() else None)
+    fit(module, dm, tc, out, f"block_{layer:02d}")
     save_block(block.float(), block_path(out, layer))
     return block.float()
 
