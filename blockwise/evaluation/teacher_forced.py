@@ -27,6 +27,7 @@ def teacher_forced_errors(
     """Per layer k: {"layer", "count", "fields": {field: {"trained", "untrained", "identity"}}},
     each a summary (median, p10, p90, count) of the normalized error over test problems."""
     dtype = readio.read_in.weight.dtype
+    modes = [b.training for b in trained + untrained]
     rows = []
     for k, (block, control) in enumerate(zip(trained, untrained, strict=True), start=1):
         pairs = teacher_pairs(codec, problem, traj, [k])
@@ -44,6 +45,8 @@ def teacher_forced_errors(
             for f in pairs.targets
         }
         rows.append({"layer": k, "count": len(pairs), "fields": fields})
+    for block, mode in zip(trained + untrained, modes, strict=True):
+        block.train(mode)  # measured in eval mode, handed back as they came
     return rows
 
 

@@ -9,7 +9,6 @@ fields of the mean squared error in the input state's frame.
 from __future__ import annotations
 
 import lightning as L
-import torch
 from torch import Tensor
 
 from blockwise.evaluation import normalized_error
@@ -77,16 +76,6 @@ class BlockModule(L.LightningModule):
                 err = normalized_error(pred[f], batch["targets"][f], batch["previous"][f])
                 self.log(f"val/error_{f}", err.nanmedian(), batch_size=size)
         return loss
-
-    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int):
-        """The batch's known layout, moved directly: Lightning's generic walk over nested
-        collections costs more than a small block's whole step."""
-        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
-        return {
-            "tokens": batch["tokens"].to(device, non_blocking=True),
-            "targets": move(batch["targets"]),
-            "previous": move(batch["previous"]),
-        }
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")

@@ -71,6 +71,10 @@ class RolloutDataModule(L.LightningDataModule):
         sampler = BatchSampler(base, self.batch_size, drop_last=False)
         return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=lambda b: b)
 
+    def transfer_batch_to_device(self, batch: RolloutBatch, device, dataloader_idx: int):
+        states = {k: v.to(device, non_blocking=True) for k, v in batch.states.items()}
+        return RolloutBatch(batch.problem, states)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
@@ -161,10 +165,6 @@ class StackModule(L.LightningModule):
                 self.log(f"val/loss_layer_{k:02d}", layer_loss, batch_size=size)
         return loss
 
-    def transfer_batch_to_device(self, batch: RolloutBatch, device, dataloader_idx: int):
-        states = {k: v.to(device, non_blocking=True) for k, v in batch.states.items()}
-        return RolloutBatch(batch.problem, states)
-
     def training_step(self, batch: RolloutBatch, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         check_finite(loss, self.name, self.global_step, "finetune")
@@ -192,7 +192,7 @@ def train_stack(recipe, stack: Stack, data: dict, out, name: str) -> Stack:
     out/resume/<name>/last.ckpt if an earlier run was interrupted; returns the stack."""
     fc = recipe.finetune
     module = StackModule(
-        stack,
+        stack.train(),  # its blocks may come from an evaluation, in eval mode
         dict(fc.loss_weights),
         fc.supervision,
         fc.layer_weight_ratio,

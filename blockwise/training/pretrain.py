@@ -10,6 +10,7 @@ resumes from Lightning's `resume/block_KK/last.ckpt`. Nothing finished is traine
 
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -115,7 +116,8 @@ def train_block(
     dtype = _dtype(tc.precision)
     greedy = None
     if recipe.pairing == "greedy" and layer > 1:
-        stack = Stack(codec, readio, frozen or []).to(dtype).eval()
+        # Its own read-in/read-out: eval mode here must not reach the module being trained.
+        stack = Stack(codec, copy.deepcopy(readio), frozen or []).to(dtype).eval()
 
         def greedy(split_problem: Problem, traj: Trajectory):
             with torch.no_grad():
