@@ -11,10 +11,11 @@ float32, both against the same float64 reference.
 The "floor" is what the arithmetic alone would take: the step's floating point work at the
 machine's own measured rate for a large matmul in that dtype, or its minimal memory traffic at
 the measured copy bandwidth, whichever is larger. It is far below anything reachable here, and
-the gap is not arithmetic: a step is a few dozen tensor operations on vectors of B values, each
-paying torch's fixed cost per operation (microseconds) and making a pass over memory, and a
-rollout writes its trajectory into fresh memory, whose every page the kernel must fault in and
-zero first. Neither is counted in the floor.
+the gap is not arithmetic: a step is dozens of separate tensor operations (a Nelder-Mead step
+some fifty, on vectors of B values), each paying torch's fixed cost per operation, a few
+microseconds, and making its own pass over memory; and a rollout writes its trajectory into
+fresh memory, every page of which the kernel must fault in and zero first. Neither is counted
+in the floor.
 """
 
 from __future__ import annotations
@@ -78,11 +79,11 @@ def bench_nelder_mead(problem, x0s, steps, ref, rates) -> list[dict]:
                 _numpy_quadratic(problem, b), x0[b].numpy(), method="Nelder-Mead", options=options
             )
 
-    theirs = _best_of(scipy_runs, 3) * problem.batch_size / ref
+    theirs = _best_of(scipy_runs, 5) * problem.batch_size / ref
     n, batch = problem.dim, problem.batch_size
     rows = []
     for dtype, x in x0s.items():
-        ours = _best_of(lambda x=x: blockwise.rollout(nm, problem, x, steps), 5)
+        ours = _best_of(lambda x=x: blockwise.rollout(nm, problem, x, steps), 10)
         size = torch.finfo(dtype).bits // 8
         # Per step: the 4 candidates (xe, xr, xc, xcc) from the centroid (3n flops each), f at
         # each (about 2n^2 + 3n flops); memory: read the (n+1, n) simplex and its n+1 f values,

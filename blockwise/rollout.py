@@ -9,14 +9,13 @@ training data unannounced.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import math
-import sys
 
 import torch
 from torch import Tensor
 
+from blockwise.buffers import fresh_buffer
 from blockwise.problems import Objective
 from blockwise.teachers import Teacher, make
 from blockwise.teachers.base import State
@@ -77,40 +76,6 @@ def _keep(diverged: Tensor, old: Tensor, new: Tensor) -> Tensor:
     return torch.where(mask, old, new)
 
 
-def _libc_madvise():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
-    return madvise
-
-
-_MADVISE = _libc_madvise()
-_MADV_HUGEPAGE = 14  # Linux
-_HUGE_PAGE = 2 << 20
-
-
-def _buffer(value: Tensor, steps: int) -> Tensor:
-    """An uninitialised (steps, *value.shape) tensor like value, for a trajectory.
-
-    A trajectory is fresh memory, written once. In 4 KiB pages each first write is a page
-    fault (and a page the kernel zeroes): for B = 4096 Nelder-Mead problems in 4 dimensions,
-    100 steps make some 23,000 faults, about a quarter of the rollout's time. On Linux, large
-    CPU buffers are advised to use transparent huge pages (2 MiB; where the system allows
-    them), which takes that to a few hundred faults. The advice changes no value.
-    """
-    out = value.new_empty((steps,) + value.shape)
-    if _MADVISE is not None and out.device.type == "cpu" and out.nbytes >= 4 * _HUGE_PAGE:
-        start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-        end = (out.data_ptr() + out.nbytes) // _HUGE_PAGE * _HUGE_PAGE
-        _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice: a failure changes nothing
-    return out
-
-
 def rollout(teacher: Teacher | str, objective: Objective, x0: Tensor, steps: int) -> Trajectory:
     """Run `teacher` from x0 (B, n) on `objective` for `steps` steps.
 
@@ -124,7 +89,7 @@ def rollout(teacher: Teacher | str, objective: Objective, x0: Tensor, steps: int
     diverged = torch.zeros(steps + 1, x0.shape[0], dtype=torch.bool, device=x0.device)
     diverged[0] = ~_finite_rows(state)
     any_diverged = bool(diverged[0].any())
-    states = {name: _buffer(value, steps + 1) for name, value in state.items()}
+    states = {name: fresh_buffer(value, steps + 1) for name, value in state.items()}
     for name, value in state.items():
         states[name][0] = value
     extras: dict[str, Tensor] = {}
@@ -144,7 +109,7 @@ def rollout(teacher: Teacher | str, objective: Objective, x0: Tensor, steps: int
             states[name][k + 1] = value
         for name, value in info.items():
             if name not in extras:  # zeros before the first step that reports it
-                extras[name] = _buffer(value, steps)
+                extras[name] = fresh_buffer(value, steps)
                 extras[name][:k] = 0
             extras[name][k] = value
     return Trajectory(states, extras, diverged)

@@ -77,6 +77,11 @@ class Problem:
         """f(x) for x (B, m, n) with parameters p cast to x's dtype and device; returns (B, m)."""
         raise NotImplementedError
 
+    def evaluate_batch_last(self, x: Tensor) -> Tensor:
+        """f at points x (m, n, B), batch last, -> (m, B), for teachers that work batch last;
+        a family that can skip the transposes overrides it, with the same values."""
+        return self(x.permute(2, 0, 1).contiguous()).t()
+
     def gradient(self, x: Tensor) -> Tensor:
         """df/dx at points (B, m, n), shape (B, m, n). Autograd unless a family knows better."""
         with torch.enable_grad():

@@ -67,25 +67,28 @@ class Quadratic(Problem):
         points nor on the layout of x.
         """
         rotation, x_opt, eigvals = self._batch_last(p)
-        d = x - x_opt  # (m, n, B)
-        z = d[:, 0, None] * rotation[0]  # (m, n, B): coordinates in Q's basis
+        d = (x - x_opt).unsqueeze(2).unbind(1)  # n times (m, 1, B)
+        z = d[0] * rotation[0]  # (m, n, B): coordinates in Q's basis
         for i in range(1, self.dim):
-            z += d[:, i, None] * rotation[i]
+            z += d[i] * rotation[i]
         w = z * z
         w *= eigvals
-        f = w[:, 0]
+        w = w.unbind(1)
+        f = w[0]
         for j in range(1, self.dim):
-            f = f + w[:, j]
+            f = f + w[j]
         return f
 
-    def _batch_last(self, p: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Q (n, n, B), x* (n, B) and lam (n, B) from the parameters p, cached per p."""
+    def _batch_last(self, p: dict[str, Tensor]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """Q's rows (n times (n, B)), x* (n, B) and lam (n, B) from the parameters p, cached
+        per p."""
         cache = self.__dict__.setdefault("_batch_last_cache", {})
-        key = id(p)
-        if key not in cache:  # p is kept alive with its entry, so its id is not reused
+        entry = cache.get(id(p))
+        if entry is None or entry[0] is not p:  # an entry keeps its p, so ids are not reused
             names = ("rotation", "x_opt", "eigvals")
-            cache[key] = (p, tuple(p[k].movedim(0, -1).contiguous() for k in names))
-        return cache[key][1]
+            rotation, x_opt, eigvals = (p[k].movedim(0, -1).contiguous() for k in names)
+            entry = cache[id(p)] = (p, (rotation.unbind(0), x_opt, eigvals))
+        return entry[1]
 
     def hessian_half(self) -> Tensor:
         """A = Q diag(lam) Q^T (B, n, n), so that f(x) = (x - x*)^T A (x - x*)."""

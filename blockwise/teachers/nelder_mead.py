@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from blockwise.problems import Objective, evaluate
+from blockwise.problems import Objective, Problem, evaluate
 from blockwise.teachers.base import State, Teacher, check_state, check_x0
 
 BRANCHES = (
@@ -93,12 +93,13 @@ def centroid(vertices: Tensor) -> Tensor:
 
 def mean_of_rows(rows: Tensor) -> Tensor:
     """Mean over dim 0 of rows (m, ...), summed row after row as numpy's add.reduce does."""
-    total = rows[0] + rows[1] if rows.shape[0] > 1 else rows[0].clone()
-    for i in range(2, rows.shape[0]):
-        total += rows[i]
+    rows = rows.unbind(0)
+    total = rows[0] + rows[1] if len(rows) > 1 else rows[0].clone()
+    for row in rows[2:]:
+        total += row
     # A tensor divisor: CUDA turns division by a Python scalar into multiplication by its
     # reciprocal, which can differ from numpy in the last bit.
-    return total.div_(total.new_tensor(float(rows.shape[0])))
+    return total.div_(total.new_tensor(float(len(rows))))
 
 
 def evaluate_points(objective: Objective, points: Tensor) -> Tensor:
@@ -227,13 +228,12 @@ def scipy_moves(
 def evaluate_batch_last(objective: Objective, points: Tensor) -> Tensor:
     """f at points (M, n, B), batch last, -> (M, B).
 
-    A problem that evaluates batch last itself (`Quadratic.evaluate_batch_last`) gets the
-    points as they are; any other objective gets them as a contiguous (B, M, n) tensor, as
-    scipy's caller builds them, so that one that sums over n rounds the same way.
+    A Problem gets the points as they are (`Problem.evaluate_batch_last`); a plain callable
+    gets them as a contiguous (B, M, n) tensor, as scipy's caller builds them, so that one
+    that sums over n rounds the same way.
     """
-    batch_last = getattr(objective, "evaluate_batch_last", None)
-    if batch_last is not None:
-        return batch_last(points).to(points.dtype)
+    if isinstance(objective, Problem):
+        return objective.evaluate_batch_last(points).to(points.dtype)
     return evaluate_points(objective, points.permute(2, 0, 1).contiguous()).t()
 
 
@@ -268,7 +268,7 @@ def scipy_step(
     c = _candidate_coefficients(coef, simplex.dtype, device)  # (2, 4)
     candidates = c[0, :, None, None] * xbar - c[1, :, None, None] * worst  # (4, n, B)
     f = evaluate_batch_last(objective, candidates)  # (4, B)
-    fe, fr, fc, fcc = f
+    fe, fr, fc, fcc = f.unbind(0)
     f_best, f_worst = fsim[0], fsim[n]
     # scipy's six comparisons, each as its `if` writes it (so NaN fails them all), as the
     # bits of a code that indexes tables of scipy's decisions.
@@ -288,8 +288,9 @@ def scipy_step(
     fv = f.gather(0, kept[None])[0]
 
     # The kept f values ascend with no NaN (one reduction), else the exact test below.
-    clean = n > 1 and float((fsim[1:n] - fsim[: n - 1]).amin()) >= 0
-    if int(branch.max()) == SHRINK or not (clean or _ascending(fsim[:n])):
+    clean = n > 1 and batch > 0 and float((fsim[1:n] - fsim[: n - 1]).amin()) >= 0
+    shrinks = batch > 0 and int(branch.max()) == SHRINK
+    if shrinks or not (clean or _ascending(fsim[:n])):
         new, new_f = simplex.clone(), fvals.clone()
         new[:, n], new_f[:, n] = v.t(), fv
         shrink = branch == SHRINK

@@ -67,7 +67,10 @@ class BlockModule(L.LightningModule):
         losses = field_losses(pred, batch["targets"])
         loss = sum(self.weights[f] * v for f, v in losses.items())
         size = batch["tokens"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
+        if stage == "val" or self.global_step % self.trainer.log_every_n_steps == 0:
+            # Logged only when the logger writes: each self.log drags Lightning's result
+            # collection through a device move, about a small block's step in time.
+            self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
         if stage == "val":
             # Per-field figures only here: a self.log costs about as much as a small block's
             # step, so the training loop logs the loss alone.

@@ -159,7 +159,10 @@ class StackModule(L.LightningModule):
         losses = self.layer_losses(batch)
         loss = sum(w * x for w, x in zip(self.layer_weights, losses, strict=True))
         size = len(batch.states[next(iter(batch.states))][0])
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
+        if stage == "val" or self.global_step % self.trainer.log_every_n_steps == 0:
+            # Logged only when the logger writes: each self.log drags Lightning's result
+            # collection through a device move, about a small block's step in time.
+            self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size)
         if stage == "val":
             for k, layer_loss in enumerate(losses, start=1):
                 self.log(f"val/loss_layer_{k:02d}", layer_loss, batch_size=size)
