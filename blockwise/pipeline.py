@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from blockwise.checkpoints import load_stack, save_stack
-from blockwise.config import Recipe, dump_recipe
+from blockwise.config import Recipe, dump_recipe, recipe_to_dict
 from blockwise.evaluation.stack_eval import evaluate_stack, to_jsonable
 from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
 from blockwise.model import ReadIO
@@ -43,28 +44,58 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# Fields that change how a run executes, not what it computes: a run may resume under others.
+EXECUTION_ONLY = {
+    "train": ("workers", "accelerator", "devices", "strategy", "log_every_n_steps"),
+    "finetune": ("workers", "accelerator", "devices", "strategy", "log_every_n_steps"),
+    "data": ("cache_dir",),
+}
+
+
+def _what_it_computes(recipe: dict) -> dict:
+    return {
+        section: (
+            {k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
+            if isinstance(value, dict)
+            else value
+        )
+        for section, value in recipe.items()
+    }
+
+
+def finished(out: Path) -> bool:
+    """A run is finished when its last output, the plots, stands beside metrics.json."""
+    return (out / "metrics.json").exists() and (out / "plots" / "depth_errors.png").exists()
+
+
 def prepare_out(recipe: Recipe, force: bool = False) -> tuple[Path, bool]:
     """The run directory, made or checked; returns (path, finished).
 
-    An existing directory is resumed if it holds this very recipe, refused if it holds
-    anything else, and emptied first only with `force`.
+    An existing run directory is resumed if it holds this recipe (up to the fields that only
+    change how it executes, such as train.workers or the accelerator), and replaced only with
+    `force`; a directory that is not a blockwise run is never touched.
     """
     out = Path(recipe.out)
-    resolved = dump_recipe(recipe)
     saved = out / "recipe.yaml"
     if out.exists() and any(out.iterdir()):
-        same = saved.exists() and saved.read_text() == resolved
-        if force:
-            shutil.rmtree(out)
-        elif not same:
-            what = "a different recipe" if saved.exists() else "files that are not a blockwise run"
+        if not saved.exists():
             raise OutputDirError(
-                f"{out} already holds {what}; pass --force to replace it, or --out DIR"
+                f"{out} holds files that are not a blockwise run; choose another --out"
             )
-        else:
-            return out, (out / "metrics.json").exists()
+        same = _what_it_computes(yaml.safe_load(saved.read_text())) == _what_it_computes(
+            recipe_to_dict(recipe)
+        )
+        if not force and not same:
+            raise OutputDirError(
+                f"{out} already holds a different recipe; pass --force to replace it, "
+                "or --out DIR"
+            )
+        if not force:
+            _write_atomic(saved, dump_recipe(recipe))
+            return out, finished(out)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(saved, resolved)
+    _write_atomic(saved, dump_recipe(recipe))
     return out, False
 
 
@@ -141,15 +172,14 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     log(_rollout_table(evaluations))
     for name in ("finetuned", "looped"):
         if name in stacks and not (out / name).exists():
-            stage = "looped" if name == "looped" else "finetuned"
-            save_stack(stacks[name], recipe, out / name, evaluations[name], stage=stage)
+            save_stack(stacks[name], recipe, out / name, evaluations[name], stage=name)
     final = "finetuned" if "finetuned" in stacks else "stacked"
     save_stack(
         stacks[final],
         recipe,
         out / "checkpoint",
         evaluations[final],
-        stage=final if final == "finetuned" else "stacked",
+        stage=final,
     )
 
     metrics = {

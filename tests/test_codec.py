@@ -310,8 +310,9 @@ def test_cuda_equals_cpu(teacher, mode):
     torch.testing.assert_close(gpu.tokens.cpu(), cpu.tokens, rtol=1e-12, atol=1e-13)
     decoded = c.decode(gpu.tokens, gpu)
     for name, value in decoded.items():
-        torch.testing.assert_close(value.cpu(), c.decode(cpu.tokens, cpu)[name], rtol=1e-12,
-                                   atol=1e-13)
+        torch.testing.assert_close(
+            value.cpu(), c.decode(cpu.tokens, cpu)[name], rtol=1e-12, atol=1e-13
+        )
 
 
 # ---------------------------------------------------------------- bad input
@@ -356,9 +357,31 @@ def test_bad_input_is_named():
         make_codec(nm, ls).encode(nm.init(other, other.sample_x0(seed=1)), other)
     gd = teachers.make("gradient_descent", lr=0.1)
     with pytest.raises(TypeError, match="'oracle' needs a blockwise Problem"):
-        make_codec(gd, quadratic, "oracle").encode(gd.init(quadratic, state["simplex"][:, 0]),
-                                                   lambda x: (x**2).sum(-1))
+        make_codec(gd, quadratic, "oracle").encode(
+            gd.init(quadratic, state["simplex"][:, 0]), lambda x: (x**2).sum(-1)
+        )
     with pytest.raises(ValueError, match="parallelism must be <= n = 3"):
         make_codec(teachers.make("parallel_nelder_mead", parallelism=4), quadratic)
     with pytest.raises(ValueError, match="'lr'"):
         make_codec("gradient_descent", quadratic)
+
+
+def test_simplex_decode_sorts_an_emulated_simplex_by_its_f_values():
+    """A block's output vertices need not be best first; the decoded state must be, as the
+    teacher's is, since the next layer's frame and rank slots assume it."""
+    from blockwise import rollout
+
+    problem = problems.make("quadratic", batch=6, dim=2, seed=3)
+    codec = make_codec(teachers.make("nelder_mead"), problem)
+    state = rollout("nelder_mead", problem, problem.sample_x0(seed=4), steps=2)[2]
+    enc = codec.encode(state, problem)
+    flipped = codec.write(
+        enc.tokens,
+        {
+            "simplex": codec.to_frame(state, enc.frame)["simplex"].flip(1),
+            "fvals": codec.to_frame(state, enc.frame)["fvals"].flip(1),
+        },
+    )
+    decoded = codec.decode(flipped, enc)
+    torch.testing.assert_close(decoded["simplex"], state["simplex"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(decoded["fvals"], state["fvals"], rtol=1e-12, atol=1e-12)

@@ -166,3 +166,26 @@ def test_finetuning_with_a_frozen_first_phase_and_last_layer_supervision(tmp_pat
         k for k, v in tuned.blocks[0].state_dict().items() if not torch.equal(v, pretrained[k])
     ]
     assert moved, "the blocks did not train after the frozen phase"
+
+
+def test_a_directory_that_is_not_a_run_is_never_touched_even_with_force(tmp_path):
+    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    out = Path(recipe.out)
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    for force in (False, True):
+        with pytest.raises(OutputDirError, match="not a blockwise run"):
+            run(recipe, force=force, log=lambda *_: None)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_resumes_under_other_execution_settings(tmp_path):
+    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    run(recipe, log=lambda *_: None)
+    other = load_recipe(
+        RECIPES[0].parent / "quickstart.yaml",
+        [*SHRINK, f"data.cache_dir={tmp_path / 'cache'}", "train.workers=2"],
+    )
+    said = []
+    run(dataclasses.replace(other, out=recipe.out), log=said.append)
+    assert "nothing to do" in said[0]

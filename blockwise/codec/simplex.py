@@ -41,11 +41,11 @@ import torch
 from torch import Tensor
 
 from blockwise.codec import frame as frames
-from blockwise.codec.base import Codec, Placement
+from blockwise.codec.base import Codec, Encoded, Placement
 from blockwise.codec.layout import Segment
 from blockwise.problems import Frame, Objective, evaluate
 from blockwise.teachers.base import State
-from blockwise.teachers.nelder_mead import centroid, coefficients
+from blockwise.teachers.nelder_mead import centroid, coefficients, sort_simplex
 from blockwise.teachers.parallel_nelder_mead import ALPHA, BETA, GAMMA, TAU, ParallelNelderMead
 
 TRIALS = {
@@ -174,3 +174,11 @@ class SimplexCodec(Codec):
 
     def _carry(self, state: State) -> State:
         return {"nfev": state["nfev"], "done": state["done"]}
+
+    def decode(self, tokens: Tensor, enc: Encoded) -> State:
+        """As `Codec.decode`, with the vertices sorted by their decoded f values: a teacher's
+        simplex is best first, and the next layer's frame, rank slots and trial points assume
+        it, while a block's output vertices need not come in that order."""
+        state = super().decode(tokens, enc)
+        state["simplex"], state["fvals"] = sort_simplex(state["simplex"], state["fvals"])
+        return state

@@ -10,6 +10,8 @@ left out of the summaries.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -22,10 +24,17 @@ def normalized_error(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
     return torch.where(move > 0, miss / move, torch.full_like(move, float("nan")))
 
 
+def emulation_error(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
+    """(B,) normalized error of one field, inf where pred (B, ...) is not finite: a blow-up is
+    the worst error, not a missing one."""
+    blown = ~pred.isfinite().reshape(pred.shape[0], -1).all(dim=1)
+    return normalized_error(pred, target, prev).masked_fill(blown, math.inf)
+
+
 def summarize(errors: Tensor) -> dict[str, float]:
-    """Median, 10th and 90th percentile of (B,) errors, ignoring NaN; and how many counted."""
+    """Median, 10th and 90th percentile of (B,) errors (inf kept as the worst, NaN left out,
+    as `metrics.quantiles`), and how many counted."""
+    from blockwise.evaluation.metrics import quantiles  # metrics builds on this module
+
     valid = errors[~errors.isnan()]
-    if valid.numel() == 0:
-        return {"median": float("nan"), "p10": float("nan"), "p90": float("nan"), "count": 0}
-    q = torch.quantile(valid, torch.tensor([0.1, 0.5, 0.9], dtype=valid.dtype))
-    return {"median": q[1].item(), "p10": q[0].item(), "p90": q[2].item(), "count": valid.numel()}
+    return {name: q.item() for name, q in quantiles(valid).items()} | {"count": valid.numel()}

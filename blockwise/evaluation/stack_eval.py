@@ -55,7 +55,7 @@ from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
 from blockwise import teachers
-from blockwise.evaluation.errors import normalized_error
+from blockwise.evaluation.errors import emulation_error, normalized_error
 from blockwise.evaluation.metrics import (
     QUANTILES,
     LayerErrors,
@@ -174,12 +174,6 @@ def _check(num: int, depth: int, problem: Problem, traj: Trajectory, beyond: str
             f"evaluate_stack: the trajectory has {traj.diverged.shape[1]} problems, "
             f"the problem batch {problem.batch_size}"
         )
-
-
-def emulation_error(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
-    """(B,) normalized error of one field, inf where pred (B, ...) is not finite."""
-    blown = ~pred.isfinite().reshape(pred.shape[0], -1).all(dim=1)
-    return normalized_error(pred, target, prev).masked_fill(blown, math.inf)
 
 
 def _leave_out(values: Tensor, mask: Tensor) -> Tensor:

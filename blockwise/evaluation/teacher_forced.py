@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from blockwise.evaluation.errors import normalized_error, summarize
+from blockwise.evaluation.errors import emulation_error, summarize
 from blockwise.model import Block, ReadIO
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory
@@ -39,7 +39,7 @@ def teacher_forced_errors(
         }
         fields = {
             f: {
-                label: summarize(normalized_error(pred[f], pairs.targets[f], pairs.previous[f]))
+                label: summarize(emulation_error(pred[f], pairs.targets[f], pairs.previous[f]))
                 for label, pred in preds.items()
             }
             for f in pairs.targets

@@ -97,7 +97,8 @@ class FreezeBlocks(BaseFinetuning):
         self.freeze(pl_module.stack.blocks, train_bn=False)
 
     def finetune_function(self, pl_module: StackModule, epoch: int, optimizer) -> None:
-        if epoch == self.epochs:
+        # ">=": a run resumed past the frozen phase freezes again at setup, then thaws here.
+        if epoch >= self.epochs:
             self.make_trainable(pl_module.stack.blocks)
 
 

@@ -116,8 +116,9 @@ def train_block(
     dtype = _dtype(tc.precision)
     greedy = None
     if recipe.pairing == "greedy" and layer > 1:
-        # Its own read-in/read-out: eval mode here must not reach the module being trained.
-        stack = Stack(codec, copy.deepcopy(readio), frozen or []).to(dtype).eval()
+        # Copies: `.to(dtype)` converts in place, and the frozen blocks are the caller's.
+        copies = [copy.deepcopy(b) for b in frozen or []]
+        stack = Stack(codec, copy.deepcopy(readio), copies).to(dtype).eval()
 
         def greedy(split_problem: Problem, traj: Trajectory):
             with torch.no_grad():

@@ -55,7 +55,9 @@ def load_or_roll_out(
 ) -> tuple[Problem, Trajectory]:
     """The split's problems and float64 trajectory, from the cache or made (on `device`)."""
     problem = split.problem()
-    path = Path(cache_dir) / f"rollout-{split.key()}.safetensors" if cache_dir else None
+    # The device is part of the key: CPU and GPU arithmetic round differently.
+    name = f"rollout-{split.key()}-{torch.device(device).type}.safetensors"
+    path = Path(cache_dir) / name if cache_dir else None
     if path is not None and path.exists():
         return problem, _read(path)
     x0 = problem.sample_x0(seed=split.seed, radius=split.x0_radius).to(device)
