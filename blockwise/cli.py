@@ -135,6 +135,17 @@ def _setting(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a recipe field, e.g. --set train.lr=3e-4 (the value is YAML)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockwise", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,32 +176,18 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("file", nargs="?", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
-    r.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a field, e.g. --set train.lr=3e-4 (the value is YAML)",
-    )
+    _add_overrides(r)
     r.set_defaults(func=recipe)
 
     u = sub.add_parser(
         "run",
-        help="run a recipe: rollouts, per-block pretraining, per-block errors",
+        help="run a recipe: pretraining, stacking, fine-tuning, evaluation, checkpoint, plots",
         description="Run a recipe into its output directory (recipe.out, or --out). A finished "
-        "run is not redone; an interrupted one resumes; a directory holding anything else is "
-        "refused unless --force.",
+        "run is not redone; an interrupted one resumes; a run of another recipe is replaced "
+        "only with --force; a directory that is not a run is never touched.",
     )
     u.add_argument("file", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
-    u.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a field (the value is YAML)",
-    )
+    _add_overrides(u)
     u.add_argument("--out", default=None, help="output directory (default: recipe.out)")
     u.add_argument("--force", action="store_true", help="replace an existing output directory")
     u.set_defaults(func=run)
