@@ -19,6 +19,7 @@ from blockwise.training.pretrain import block_path
 from blockwise.training.trainer import DivergedTraining
 
 RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+QUICKSTART = RECIPES[0].parent / "quickstart.yaml"
 SHRINK = [
     "steps=2",
     "data.train_problems=96",
@@ -64,7 +65,7 @@ def test_every_recipe_runs_shrunk(path, tmp_path):
 
 def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):
     recipe = shrunk(
-        RECIPES[0].parent / "quickstart.yaml",
+        QUICKSTART,
         tmp_path,
         "steps=1",
         "data.train_problems=512",
@@ -77,7 +78,7 @@ def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):
 
 
 def test_a_finished_run_is_not_redone_and_another_recipe_is_refused(tmp_path):
-    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    recipe = shrunk(QUICKSTART, tmp_path)
     run(recipe, log=lambda *_: None)
     stamp = block_path(Path(recipe.out), 1).stat().st_mtime_ns
     said = []
@@ -92,7 +93,7 @@ def test_a_finished_run_is_not_redone_and_another_recipe_is_refused(tmp_path):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
-    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    recipe = shrunk(QUICKSTART, tmp_path)
     run(recipe, log=lambda *_: None)
     out = Path(recipe.out)
     stamp = block_path(out, 1).stat().st_mtime_ns
@@ -116,7 +117,7 @@ def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):
 
 def test_a_diverging_loss_stops_with_a_clear_message(tmp_path):
     recipe = shrunk(
-        RECIPES[0].parent / "quickstart.yaml",
+        QUICKSTART,
         tmp_path,
         "train.lr=1e12",
         "train.grad_clip=0",
@@ -129,7 +130,7 @@ def test_a_diverging_loss_stops_with_a_clear_message(tmp_path):
 
 
 def test_greedy_pairing_trains_on_the_frozen_stack(tmp_path):
-    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path, "pairing=greedy")
+    recipe = shrunk(QUICKSTART, tmp_path, "pairing=greedy")
     said = []
     metrics = run(recipe, log=said.append)
     assert "greedy pairing" in " ".join(said)
@@ -137,7 +138,7 @@ def test_greedy_pairing_trains_on_the_frozen_stack(tmp_path):
 
 
 def test_workers_train_blocks_in_parallel_processes(tmp_path):
-    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path, "train.workers=2")
+    recipe = shrunk(QUICKSTART, tmp_path, "train.workers=2")
     said = []
     run(recipe, log=said.append)
     assert any("in 2 processes" in s for s in said)
@@ -147,7 +148,7 @@ def test_workers_train_blocks_in_parallel_processes(tmp_path):
 
 def test_finetuning_with_a_frozen_first_phase_and_last_layer_supervision(tmp_path):
     recipe = shrunk(
-        RECIPES[0].parent / "quickstart.yaml",
+        QUICKSTART,
         tmp_path,
         "finetune.max_epochs=2",
         "finetune.freeze_blocks_epochs=1",
@@ -169,7 +170,7 @@ def test_finetuning_with_a_frozen_first_phase_and_last_layer_supervision(tmp_pat
 
 
 def test_a_directory_that_is_not_a_run_is_never_touched_even_with_force(tmp_path):
-    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    recipe = shrunk(QUICKSTART, tmp_path)
     out = Path(recipe.out)
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
@@ -180,10 +181,10 @@ def test_a_directory_that_is_not_a_run_is_never_touched_even_with_force(tmp_path
 
 
 def test_a_run_resumes_under_other_execution_settings(tmp_path):
-    recipe = shrunk(RECIPES[0].parent / "quickstart.yaml", tmp_path)
+    recipe = shrunk(QUICKSTART, tmp_path)
     run(recipe, log=lambda *_: None)
     other = load_recipe(
-        RECIPES[0].parent / "quickstart.yaml",
+        QUICKSTART,
         [*SHRINK, f"data.cache_dir={tmp_path / 'cache'}", "train.workers=2"],
     )
     said = []
