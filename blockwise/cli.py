@@ -76,6 +76,14 @@ def run(args: argparse.Namespace) -> int:
     except OutputDirError as err:
         print(f"blockwise run: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every stage's output is written whole or not at all, and training keeps its last
+        # epoch's checkpoint, so the same command picks up where this one stopped.
+        print(
+            f"blockwise run: interrupted; run the same command again to resume in {recipe.out}",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

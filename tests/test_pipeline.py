@@ -3,8 +3,13 @@ to clobber, bad input, a diverging loss, greedy pairing and parallel workers."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ from safetensors.torch import load_file
 
 from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
-from blockwise.config import load_recipe
+from blockwise.config import load_recipe, save_recipe
 from blockwise.pipeline import OutputDirError, run
 from blockwise.training.pretrain import block_path
 from blockwise.training.trainer import DivergedTraining
@@ -104,6 +109,36 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert block_path(out, 1).stat().st_mtime_ns == stamp
     assert any("training block 2" in s for s in said)
     assert not any("training block 1" in s for s in said)
+
+
+def test_ctrl_c_mid_training_leaves_a_run_that_resumes(tmp_path):
+    recipe = shrunk(QUICKSTART, tmp_path, "steps=1", "train.max_epochs=40")
+    out = Path(recipe.out)
+    path = tmp_path / "recipe.yaml"
+    save_recipe(recipe, path)
+    ckpt = out / "resume" / "block_01" / "last.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blockwise", "run", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    assert not block_path(out, 1).exists(), "block 1 finished before the interrupt"
+    # Lightning's own checkpoint, just written by this test's run: trusted.
+    epoch = torch.load(ckpt, weights_only=False)["epoch"]
+    metrics = run(recipe, log=lambda *_: None)
+    assert [r["layer"] for r in metrics["pretrain"]["teacher_forced"]] == [1]
+    # The resumed fit logs to a second version and starts after the checkpoint's epoch.
+    resumed = out / "logs" / "block_01" / "version_1" / "metrics.csv"
+    epochs = [int(row["epoch"]) for row in csv.DictReader(resumed.open())]
+    assert min(epochs) == epoch + 1 and max(epochs) == 39
 
 
 def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -141,7 +141,11 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     max_epochs: int = setting(10, "Epochs over the training pairs; 0 skips the stage.", at_least(0))
-    batch_size: int = setting(64, "Pairs per optimizer step (per device).", at_least(1))
+    batch_size: int = setting(
+        256, "Pairs per optimizer step (per device). Below about 256 a small block's step is "
+        "short enough that Lightning's fixed per-step cost shows (benchmarks/training.py).",
+        at_least(1),
+    )
     lr: float = setting(1e-3, "Peak learning rate.", above(0))
     weight_decay: float = setting(0.0, "Decoupled weight decay.", at_least(0))
     warmup_steps: int = setting(

@@ -62,10 +62,14 @@ class BlockModule(L.LightningModule):
     def predict_fields(self, tokens: Tensor) -> dict[str, Tensor]:
         return self.codec.read(self(tokens))
 
-    def _step(self, batch: dict, stage: str) -> Tensor:
+    def loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The training objective on a batch: (weighted loss, per-field losses, predictions)."""
         pred = self.predict_fields(batch["tokens"])
         losses = field_losses(pred, batch["targets"])
-        loss = sum(self.weights[f] * v for f, v in losses.items())
+        return sum(self.weights[f] * v for f, v in losses.items()), losses, pred
+
+    def _step(self, batch: dict, stage: str) -> Tensor:
+        loss, losses, pred = self.loss(batch)
         size = batch["tokens"].shape[0]
         if stage == "val" or self.global_step % self.trainer.log_every_n_steps == 0:
             # Logged only when the logger writes: each self.log drags Lightning's result

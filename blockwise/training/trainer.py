@@ -4,6 +4,7 @@ on a loss that is no longer finite."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +28,17 @@ def check_finite(loss: Tensor, name: str, step: int, section: str) -> None:
         )
 
 
+def _every_epoch(resume: Path) -> ModelCheckpoint:
+    """Writes resume/last.ckpt at every epoch's end, atomically, replacing the previous one.
+
+    Not `save_last=True`: with nothing monitored and save_top_k=0, Lightning 2.6 writes
+    last.ckpt only when training ends, which leaves nothing to resume from after a Ctrl-C.
+    """
+    return ModelCheckpoint(
+        dirpath=resume, filename="last", save_top_k=1, enable_version_counter=False
+    )
+
+
 def fit(
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
@@ -47,11 +59,20 @@ def fit(
         deterministic=tc.deterministic,
         gradient_clip_val=tc.grad_clip or None,
         logger=CSVLogger(Path(out) / "logs", name=name),
-        callbacks=[ModelCheckpoint(dirpath=resume, save_last=True, save_top_k=0), *callbacks],
+        callbacks=[_every_epoch(resume), *callbacks],
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
         log_every_n_steps=tc.log_every_n_steps,
         default_root_dir=out,
     )
     last = resume / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.exists() else None)
+    # Resuming reuses the directory on purpose; Lightning would warn that it is not empty.
+    warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.exists() else None)
+    except SystemExit:
+        # Lightning turns Ctrl-C into exit(1) after its own teardown; hand the caller the
+        # interrupt itself so that it can say how to resume.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
