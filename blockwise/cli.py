@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from blockwise.pipeline import OutputDirError
     from blockwise.pipeline import run as run_recipe
 
-    recipe = load_recipe(args.file, args.overrides)
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"train.workers={args.workers}")
+    recipe = load_recipe(args.file, overrides)
     # Lightning's banner (accelerators found, tips) drowns the run's own report.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.out is not None:
@@ -198,6 +201,13 @@ def parser() -> argparse.ArgumentParser:
     _add_overrides(u)
     u.add_argument("--out", default=None, help="output directory (default: recipe.out)")
     u.add_argument("--force", action="store_true", help="replace an existing output directory")
+    u.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train N blocks at once, each in its own process (= --set train.workers=N)",
+    )
     u.set_defaults(func=run)
 
     e = sub.add_parser(

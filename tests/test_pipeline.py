@@ -172,13 +172,18 @@ def test_greedy_pairing_trains_on_the_frozen_stack(tmp_path):
     assert len(metrics["pretrain"]["teacher_forced"]) == 2
 
 
-def test_workers_train_blocks_in_parallel_processes(tmp_path):
-    recipe = shrunk(QUICKSTART, tmp_path, "train.workers=2")
-    said = []
-    run(recipe, log=said.append)
-    assert any("in 2 processes" in s for s in said)
-    saved = json.loads((Path(recipe.out) / "metrics.json").read_text())
+def test_workers_train_blocks_in_parallel_processes(tmp_path, capsys):
+    recipe = shrunk(QUICKSTART, tmp_path)
+    path = tmp_path / "recipe.yaml"
+    save_recipe(recipe, path)
+    assert main(["run", str(path), "--workers", "2"]) == 0
+    assert "in 2 processes" in capsys.readouterr().out
+    out = Path(recipe.out)
+    assert "workers: 2" in (out / "recipe.yaml").read_text()
+    saved = json.loads((out / "metrics.json").read_text())
     assert len(saved["pretrain"]["teacher_forced"]) == 2
+    assert main(["run", str(path), "--workers", "0"]) == 2
+    assert "train.workers" in capsys.readouterr().err
 
 
 def test_finetuning_with_a_frozen_first_phase_and_last_layer_supervision(tmp_path):

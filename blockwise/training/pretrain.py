@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -160,6 +160,22 @@ def _job(recipe_dict: dict, layer: int, out: str, threads: int) -> str:
     return str(block_path(Path(out), layer))
 
 
+def _train_in_processes(recipe, todo, out, workers: int, threads: int, log) -> None:
+    """Blocks `todo` in `workers` processes. A block is handed out only when a process is
+    free, so after Ctrl-C or a failed block no further block starts (the executor would
+    otherwise have queued one ahead)."""
+    todo, running = list(todo), {}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        while todo or running:
+            while todo and len(running) < workers:
+                k = todo.pop(0)
+                running[pool.submit(_job, recipe_to_dict(recipe), k, str(out), threads)] = k
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for job in done:
+                del running[job]
+                log(f"saved {job.result()}")
+
+
 def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> list[Block]:
     """Train every block not yet saved under `out`; return all K blocks (float32)."""
     data = data or load_data(recipe)
@@ -168,10 +184,7 @@ def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> 
         workers = min(recipe.train.workers, len(todo))
         threads = max(1, (os.cpu_count() or 1) // workers)
         log(f"training blocks {todo} in {workers} processes, {threads} threads each")
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            jobs = [pool.submit(_job, recipe_to_dict(recipe), k, str(out), threads) for k in todo]
-            for job in jobs:
-                log(f"saved {job.result()}")
+        _train_in_processes(recipe, todo, out, workers, threads, log)
     blocks: list[Block] = []
     for k in range(1, recipe.steps + 1):
         path = block_path(out, k)
