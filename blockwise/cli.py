@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         # Every stage's output is written whole or not at all, and training keeps its last
         # epoch's checkpoint, so the same command picks up where this one stopped.
+        again = "the same command without --force" if args.force else "the same command"
         print(
-            f"blockwise run: interrupted; run the same command again to resume in {recipe.out}",
+            f"blockwise run: interrupted; run {again} again to resume in {recipe.out}",
             file=sys.stderr,
         )
         return 130
@@ -206,7 +207,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="train N blocks at once, each in its own process (= --set train.workers=N)",
+        help="train N blocks at once, each in its own process (= --set train.workers=N; "
+        "greedy pairing trains them in order)",
     )
     u.set_defaults(func=run)
 

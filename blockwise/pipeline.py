@@ -32,6 +32,7 @@ from blockwise.plots.runs import plot_runs
 from blockwise.stack import Stack
 from blockwise.training.finetune import train_stack
 from blockwise.training.pretrain import build_codec, load_data, new_block, pretrain
+from blockwise.training.trainer import drop_resume
 
 
 class OutputDirError(Exception):
@@ -173,6 +174,7 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     for name in ("finetuned", "looped"):
         if name in stacks and not (out / name).exists():
             save_stack(stacks[name], recipe, out / name, evaluations[name], stage=name)
+            drop_resume(out, name)
     final = "finetuned" if "finetuned" in stacks else "stacked"
     save_stack(
         stacks[final],

@@ -20,6 +20,7 @@ from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
 from blockwise.config import load_recipe, save_recipe
 from blockwise.pipeline import OutputDirError, run
+from blockwise.training.finetune import StackModule
 from blockwise.training.pretrain import block_path
 from blockwise.training.trainer import DivergedTraining
 
@@ -111,34 +112,87 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert not any("training block 1" in s for s in said)
 
 
-def test_ctrl_c_mid_training_leaves_a_run_that_resumes(tmp_path):
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
     recipe = shrunk(QUICKSTART, tmp_path, "steps=1", "train.max_epochs=40")
     out = Path(recipe.out)
     path = tmp_path / "recipe.yaml"
     save_recipe(recipe, path)
     ckpt = out / "resume" / "block_01" / "last.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "blockwise", "run", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "run the same command again to resume" in err
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blockwise", "run", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            # A test runner started in the background may hand its children an ignored SIGINT.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+        err.seek(0)
+        said = err.read()
+    assert proc.returncode == 130, said
+    assert "run the same command again to resume" in said
     assert not block_path(out, 1).exists(), "block 1 finished before the interrupt"
     # Lightning's own checkpoint, just written by this test's run: trusted.
     epoch = torch.load(ckpt, weights_only=False)["epoch"]
+    assert epoch < 39
     metrics = run(recipe, log=lambda *_: None)
     assert [r["layer"] for r in metrics["pretrain"]["teacher_forced"]] == [1]
-    # The resumed fit logs to a second version and starts after the checkpoint's epoch.
+    # The resumed fit logs to a second version and starts after the checkpoint's epoch ...
     resumed = out / "logs" / "block_01" / "version_1" / "metrics.csv"
     epochs = [int(row["epoch"]) for row in csv.DictReader(resumed.open())]
     assert min(epochs) == epoch + 1 and max(epochs) == 39
+    # ... and ends where an uninterrupted run ends, bit for bit.
+    straight = dataclasses.replace(recipe, out=str(tmp_path / "straight"))
+    run(straight, log=lambda *_: None)
+    assert _same_tensors(
+        load_file(block_path(out, 1)), load_file(block_path(Path(straight.out), 1))
+    )
+    assert not (out / "resume" / "block_01").exists(), "a saved block keeps no resume state"
+
+
+def test_interrupted_fine_tuning_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    recipe = shrunk(
+        QUICKSTART,
+        tmp_path,
+        "finetune.max_epochs=3",
+        "finetune.freeze_blocks_epochs=1",
+        "finetune.train_readio=true",
+        "finetune.looped=false",
+    )
+    straight = dataclasses.replace(recipe, out=str(tmp_path / "straight"))
+    run(straight, log=lambda *_: None)
+
+    def interrupt_after_epoch_1(module):
+        if module.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(StackModule, "on_train_epoch_end", interrupt_after_epoch_1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(recipe, log=lambda *_: None)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after catching one
+    monkeypatch.undo()
+    out = Path(recipe.out)
+    assert not (out / "finetuned").exists()
+    # Lightning's own checkpoint, just written by this test's run: trusted.
+    epoch = torch.load(out / "resume" / "finetuned" / "last.ckpt", weights_only=False)["epoch"]
+    run(recipe, log=lambda *_: None)
+    resumed = out / "logs" / "finetuned" / "version_1" / "metrics.csv"
+    # Resumed, not restarted: the second fit begins after the checkpoint's epoch.
+    assert min(int(row["epoch"]) for row in csv.DictReader(resumed.open())) == epoch + 1 > 0
+    got = load_file(out / "finetuned" / "model.safetensors")
+    want = load_file(Path(straight.out) / "finetuned" / "model.safetensors")
+    assert _same_tensors(got, want)
 
 
 def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -142,8 +142,9 @@ class DataConfig:
 class TrainConfig:
     max_epochs: int = setting(10, "Epochs over the training pairs; 0 skips the stage.", at_least(0))
     batch_size: int = setting(
-        256, "Pairs per optimizer step (per device). Below about 256 a small block's step is "
-        "short enough that Lightning's fixed per-step cost shows (benchmarks/training.py).",
+        256, "Examples per optimizer step (per device): one-step pairs in pretraining, whole "
+        "trajectories in fine-tuning. Below about 256 a small block's step is short enough "
+        "that Lightning's fixed per-step cost shows (benchmarks/training.py).",
         at_least(1),
     )
     lr: float = setting(1e-3, "Peak learning rate.", above(0))

@@ -60,14 +60,14 @@ def trajectories(run: Path) -> Figure | None:
 
 
 def plot_run(run: Path, metrics: dict) -> list[Path]:
-    """One run's figures under run/plots; returns the written paths."""
+    """One run's figures under run/plots; returns the written paths. depth_errors comes last:
+    it marks a finished run (pipeline.finished)."""
     out = run / "plots"
-    paths = save(plot_run_depth_errors(metrics), out / "depth_errors")
-    paths += save(plot_objective_depth(metrics)[0], out / "objective")
+    paths = save(plot_objective_depth(metrics)[0], out / "objective")
     fig = trajectories(run)
     if fig is not None:
         paths += save(fig, out / "trajectories")
-    return paths
+    return paths + save(plot_run_depth_errors(metrics), out / "depth_errors")
 
 
 def run_names(metrics: dict[Path, dict]) -> dict[Path, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -22,12 +23,15 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (4.0, 3.5)) -> tuple[Figu
 
 
 def save(fig: Figure, path: str | Path) -> list[Path]:
-    """Write `fig` as PNG and PDF beside each other (path without suffix); return both paths."""
+    """Write `fig` as PNG and PDF beside each other (path without suffix); return both paths.
+    Each file appears whole or not at all (written beside, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for p in out:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight")
+        os.replace(tmp, p)
     return out
 
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory
 from blockwise.teachers import State
+from blockwise.training.batches import batch_loader
 from blockwise.training.pairs import Pairs, layer_pairs
 
 GreedyInputs = Callable[[Problem, Trajectory], State]
@@ -71,11 +72,7 @@ class PairDataModule(L.LightningDataModule):
             self.pairs[name] = pairs.to(self.dtype)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        pairs = self.pairs[name]
-        generator = torch.Generator().manual_seed(self.seed)
-        base = RandomSampler(pairs, generator=generator) if shuffle else SequentialSampler(pairs)
-        sampler = BatchSampler(base, self.batch_size, drop_last=False)
-        return DataLoader(pairs, sampler=sampler, batch_size=None)
+        return batch_loader(self.pairs[name], self.batch_size, shuffle, self.seed)
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int):
         """The batch's known layout, moved directly: Lightning's generic walk over nested

@@ -16,11 +16,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory
 from blockwise.stack import Stack
+from blockwise.training.batches import batch_loader
 from blockwise.training.block_module import field_losses
 from blockwise.training.optim import adamw_with_schedule
 from blockwise.training.trainer import check_finite, fit
@@ -62,14 +63,9 @@ class RolloutDataModule(L.LightningDataModule):
         self.batch_size, self.seed = batch_size, seed
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        data = self.sets[name]
-        base = (
-            RandomSampler(data, generator=torch.Generator().manual_seed(self.seed))
-            if shuffle
-            else SequentialSampler(data)
+        return batch_loader(
+            self.sets[name], self.batch_size, shuffle, self.seed, collate_fn=lambda b: b
         )
-        sampler = BatchSampler(base, self.batch_size, drop_last=False)
-        return DataLoader(data, sampler=sampler, batch_size=None, collate_fn=lambda b: b)
 
     def transfer_batch_to_device(self, batch: RolloutBatch, device, dataloader_idx: int):
         states = {k: v.to(device, non_blocking=True) for k, v in batch.states.items()}

@@ -30,7 +30,7 @@ from blockwise.stack import Stack
 from blockwise.training.block_module import BlockModule
 from blockwise.training.datamodule import PairDataModule
 from blockwise.training.rollouts import Split, load_or_roll_out
-from blockwise.training.trainer import fit
+from blockwise.training.trainer import drop_resume, fit
 
 SPLITS = ("train", "val", "test")
 
@@ -149,6 +149,7 @@ def train_block(
     L.seed_everything(recipe.seed + layer, workers=True, verbose=False)
     fit(module, dm, tc, out, f"block_{layer:02d}")
     save_block(block.float(), block_path(out, layer))
+    drop_resume(out, f"block_{layer:02d}")
     return block.float()
 
 

@@ -3,6 +3,7 @@ on a loss that is no longer finite."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -29,7 +30,8 @@ def check_finite(loss: Tensor, name: str, step: int, section: str) -> None:
 
 
 def _every_epoch(resume: Path) -> ModelCheckpoint:
-    """Writes resume/last.ckpt at every epoch's end, atomically, replacing the previous one.
+    """Writes resume/last.ckpt at every epoch's end, replacing the previous one (Lightning
+    writes it through a temporary file).
 
     Not `save_last=True`: with nothing monitored and save_top_k=0, Lightning 2.6 writes
     last.ckpt only when training ends, which leaves nothing to resume from after a Ctrl-C.
@@ -37,6 +39,12 @@ def _every_epoch(resume: Path) -> ModelCheckpoint:
     return ModelCheckpoint(
         dirpath=resume, filename="last", save_top_k=1, enable_version_counter=False
     )
+
+
+def drop_resume(out: Path, name: str) -> None:
+    """Delete out/resume/<name> once what it trains is saved for good: a finished stage is
+    its saved file, and deleting that file should mean training again, not restoring."""
+    shutil.rmtree(Path(out) / "resume" / name, ignore_errors=True)
 
 
 def fit(
@@ -66,13 +74,14 @@ def fit(
         default_root_dir=out,
     )
     last = resume / "last.ckpt"
-    # Resuming reuses the directory on purpose; Lightning would warn that it is not empty.
-    warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.exists() else None)
-    except SystemExit:
-        # Lightning turns Ctrl-C into exit(1) after its own teardown; hand the caller the
-        # interrupt itself so that it can say how to resume.
-        if trainer.interrupted:
-            raise KeyboardInterrupt from None
-        raise
+    with warnings.catch_warnings():
+        # Resuming reuses the directory on purpose; Lightning would warn that it is not empty.
+        warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=last if last.exists() else None)
+        except SystemExit as exit_:
+            # Lightning turns Ctrl-C into exit(1) after its own teardown; hand the caller the
+            # interrupt itself so that it can say how to resume.
+            if isinstance(exit_.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
