@@ -183,6 +183,13 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
+    objective: Literal["log_normalized", "frame_mse"] = setting(
+        "log_normalized", "Per layer and field: the mean over problems of log(1 + e^2), e the "
+        "normalized emulation error that evaluation reports (robust: problems that already "
+        "went astray do not dominate), or frame_mse, the squared error in the frame of the "
+        "stack's own state at that layer (pretraining's loss; a drifted, collapsed simplex "
+        "magnifies it)."
+    )
     supervision: Literal["every_layer", "last"] = setting(
         "every_layer", "Loss against the teacher's s_k at every layer (deep supervision) or at "
         "the last layer only."
