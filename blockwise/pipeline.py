@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from blockwise.checkpoints import load_stack, save_stack
-from blockwise.config import Recipe, dump_recipe, recipe_to_dict
+from blockwise.config import Recipe, dump_recipe, recipe_to_dict, saved_recipe
 from blockwise.evaluation.stack_eval import evaluate_stack, to_jsonable
 from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
 from blockwise.model import ReadIO
@@ -83,9 +83,8 @@ def prepare_out(recipe: Recipe, force: bool = False) -> tuple[Path, bool]:
             raise OutputDirError(
                 f"{out} holds files that are not a blockwise run; choose another --out"
             )
-        same = _what_it_computes(yaml.safe_load(saved.read_text())) == _what_it_computes(
-            recipe_to_dict(recipe)
-        )
+        before = saved_recipe(yaml.safe_load(saved.read_text()))
+        same = _what_it_computes(before) == _what_it_computes(recipe_to_dict(recipe))
         if not force and not same:
             raise OutputDirError(
                 f"{out} already holds a different recipe; pass --force to replace it, "

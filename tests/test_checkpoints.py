@@ -302,3 +302,9 @@ def test_looped_stack_layers_share_one_block(recipe, problem):
         unlooped.block(K + 1)
     with pytest.raises(ValueError, match="one block and a depth"):
         Stack(stack.codec, stack.readio, list(unlooped.blocks), looped=True, depth=K)
+
+
+def test_a_checkpoint_saved_before_a_setting_existed_reads_as_what_it_computed(saved):
+    edit_config(saved, lambda c: c["recipe"]["finetune"].pop("objective"))
+    assert read_config(saved)["recipe"]["finetune"]["objective"] == "frame_mse"
+    load_stack(saved)

@@ -1,16 +1,21 @@
 """The fine-tuning objectives against independent recomputation: log(1 + e^2) with e the
-normalized error written out again, on a stack that does nothing and on random predictions."""
+normalized error written out again (on random tensors, with its gradient), on a stack that
+does nothing, and on a block that outputs the teacher's next simplex with its vertices out of
+order; and the recipe setting reaching the module."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from blockwise import problems
 from blockwise.config import recipe_from_dict
 from blockwise.model import ReadIO
+from blockwise.pipeline import run
 from blockwise.rollout import rollout
 from blockwise.stack import Stack
 from blockwise.training.finetune import RolloutBatch, StackModule, log_normalized_loss
@@ -84,3 +89,93 @@ def test_a_stack_that_does_nothing_scores_its_distance_from_every_teacher_step(o
         assert loss.item() == pytest.approx(want, rel=1e-9), k
     if objective == "log_normalized":
         assert losses[0].item() == pytest.approx(2 * math.log(2), rel=1e-12)  # e = 1 exactly
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_normalized_loss_is_finite_with_its_gradient_where_e_is_undefined_or_huge(dtype):
+    g = torch.Generator().manual_seed(1)
+    pred = torch.randn(6, 3, 2, generator=g, dtype=dtype).requires_grad_()
+    target = torch.randn(6, 3, 2, generator=g, dtype=dtype)
+    target[:3] = 0.0
+    prev = target.clone()
+    prev[:3, 0, 0] = 1e-160 if dtype == torch.float64 else 1e-22  # move^2 denormal: e^2 = inf
+    prev[4:] = torch.randn(2, 3, 2, generator=g, dtype=dtype)  # prev[3]: no move at all
+    miss2 = (pred - target).detach().square().flatten(1).sum(1)
+    move2 = (target - prev).square().flatten(1).sum(1)
+    assert (miss2[:3] / move2[:3]).isinf().all()  # the case the clamp is for
+    loss = log_normalized_loss(pred, target, prev)
+    loss.backward()
+    # The model reaches the loss through pred alone (target and prev are the teacher's).
+    assert loss.isfinite() and pred.grad.isfinite().all()
+
+
+class Replay(nn.Module):
+    """A block whose layer outputs given tokens: it adds `out - tokens` to the stream."""
+
+    def __init__(self, tokens, out, width):
+        super().__init__()
+        pad = torch.zeros(*out.shape[:-1], width - out.shape[-1], dtype=out.dtype)
+        self.delta = torch.cat([out - tokens, pad], dim=-1)
+
+    def forward(self, h):
+        return h + self.delta
+
+
+def test_the_loss_scores_the_decoded_state_which_sorts_the_vertices():
+    problem = problems.make("quadratic", 16, 2, 4, **RECIPE.problem.settings)
+    traj = rollout("nelder_mead", problem, problem.sample_x0(seed=4), 1)
+    codec = build_codec(RECIPE, problem)
+    s0, s1 = {k: v[0] for k, v in traj.states.items()}, {k: v[1] for k, v in traj.states.items()}
+    enc = codec.encode(s0, problem)
+    flipped = {"simplex": s1["simplex"].flip(1), "fvals": s1["fvals"].flip(1)}
+    out = codec.write(enc.tokens, codec.to_frame(flipped, enc.frame))
+    block = Replay(enc.tokens, out, 32)
+    stack = Stack(codec, ReadIO(codec.token_dim, 32).double(), [block], looped=True, depth=1)
+    batch = RolloutBatch(problem, {k: v[:2] for k, v in traj.states.items()})
+    # Decoded, the flipped simplex is the teacher's s_1 again: nothing to correct.
+    (loss,) = StackModule(stack).layer_losses(batch)
+    assert loss.item() < 1e-20
+    # The raw output fields, in the order the block wrote them, are far from it.
+    (raw,) = StackModule(stack, objective="frame_mse").layer_losses(batch)
+    assert raw.item() > 1e-3
+
+
+def test_the_recipe_objective_reaches_the_module(tmp_path, monkeypatch):
+    seen = []
+    original = StackModule.layer_losses
+
+    def spy(self, batch):
+        seen.append(self.objective)
+        return original(self, batch)
+
+    monkeypatch.setattr(StackModule, "layer_losses", spy)
+    recipe = recipe_from_dict(
+        {
+            "steps": 1,
+            "block": {"width": 32, "heads": 4},
+            "data": {
+                "train_problems": 32,
+                "val_problems": 16,
+                "test_problems": 16,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "train": {"max_epochs": 1, "batch_size": 16, "warmup_steps": 0},
+            "finetune": {
+                "max_epochs": 1,
+                "batch_size": 16,
+                "objective": "frame_mse",
+                "looped": False,
+            },
+        }
+    )
+    run(dataclasses.replace(recipe, out=str(tmp_path / "run")), log=lambda *_: None)
+    assert seen and set(seen) == {"frame_mse"}
+    with pytest.raises(ValueError, match="objective"):
+        StackModule(
+            Stack(
+                build_codec(recipe, problems.make("quadratic", 2, 2, 0)),
+                ReadIO(16, 32),
+                identity_blocks(),
+            ),
+            objective="frame-mse",
+        )

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
-from blockwise.config import load_recipe, save_recipe
-from blockwise.pipeline import OutputDirError, run
+from blockwise.config import load_recipe, recipe_to_dict, save_recipe
+from blockwise.pipeline import OutputDirError, prepare_out, run
 from blockwise.training.finetune import StackModule
 from blockwise.training.pretrain import block_path
 from blockwise.training.trainer import DivergedTraining
@@ -193,6 +194,21 @@ def test_interrupted_fine_tuning_resumes_to_the_uninterrupted_result(tmp_path, m
     got = load_file(out / "finetuned" / "model.safetensors")
     want = load_file(Path(straight.out) / "finetuned" / "model.safetensors")
     assert _same_tensors(got, want)
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_as_what_it_computed(tmp_path):
+    recipe = shrunk(QUICKSTART, tmp_path, "finetune.objective=frame_mse")
+    out = Path(recipe.out)
+    out.mkdir(parents=True)
+    saved = recipe_to_dict(recipe)
+    del saved["finetune"]["objective"]  # as a run saved before the field existed
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    assert prepare_out(recipe) == (out, False)  # it computed frame_mse: the same recipe
+    today = dataclasses.replace(
+        recipe, finetune=dataclasses.replace(recipe.finetune, objective="log_normalized")
+    )
+    with pytest.raises(OutputDirError, match="different recipe"):
+        prepare_out(today)
 
 
 def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):

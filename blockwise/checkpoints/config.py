@@ -13,7 +13,14 @@ import safetensors
 import torch
 
 import blockwise
-from blockwise.config import BlockConfig, Recipe, RecipeError, recipe_from_dict, recipe_to_dict
+from blockwise.config import (
+    BlockConfig,
+    Recipe,
+    RecipeError,
+    recipe_from_dict,
+    recipe_to_dict,
+    saved_recipe,
+)
 from blockwise.stack import Stack
 
 FORMAT_VERSION = 1
@@ -111,6 +118,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
         _check_keys(file, f"{name}.", config[name], keys)
     if config["stage"] not in STAGES:
         raise CheckpointError(file, f"stage: expected one of {STAGES}, got {config['stage']!r}")
+    config["recipe"] = saved_recipe(config["recipe"])
     try:
         recipe_from_dict(config["recipe"], file)
     except RecipeError as err:

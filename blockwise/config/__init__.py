@@ -16,6 +16,7 @@ from blockwise.config.load import (
     recipe_from_dict,
     recipe_to_dict,
     save_recipe,
+    saved_recipe,
 )
 from blockwise.config.schema import (
     BlockConfig,
@@ -33,5 +34,5 @@ __all__ = [
     "BlockConfig", "CodecConfig", "DataConfig", "EvalConfig", "FinetuneConfig", "ProblemConfig",
     "Recipe",
     "RecipeError", "TeacherConfig", "TrainConfig", "describe_recipe", "dump_recipe", "load_recipe",
-    "recipe_from_dict", "recipe_to_dict", "save_recipe",
+    "recipe_from_dict", "recipe_to_dict", "save_recipe", "saved_recipe",
 ]

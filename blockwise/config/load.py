@@ -78,6 +78,23 @@ def recipe_from_dict(data: Any, file: str | Path = "<recipe>") -> Recipe:
     return _resolve(_build(Recipe, data, "", str(file)), str(file))
 
 
+# Fields added after runs were saved, with the value that reproduces what those runs computed
+# (not today's default): filled into a saved, resolved recipe that lacks them.
+ADDED_LATER = {("finetune", "objective"): "frame_mse"}
+
+
+def saved_recipe(data: Any) -> Any:
+    """A resolved recipe as a run directory or checkpoint saved it (a mapping), with the
+    fields it predates filled in as `ADDED_LATER` says."""
+    if not isinstance(data, dict):
+        return data
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for (section, key), value in ADDED_LATER.items():
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
+    return data
+
+
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """Every field, sections as nested mappings: what `recipe_from_dict` takes back."""
     return dataclasses.asdict(recipe)

@@ -184,11 +184,11 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     objective: Literal["log_normalized", "frame_mse"] = setting(
-        "log_normalized", "Per layer and field: the mean over problems of log(1 + e^2), e the "
-        "normalized emulation error that evaluation reports (robust: problems that already "
-        "went astray do not dominate), or frame_mse, the squared error in the frame of the "
-        "stack's own state at that layer (pretraining's loss; a drifted, collapsed simplex "
-        "magnifies it)."
+        "log_normalized", "log_normalized: per layer and field, the mean over problems of "
+        "log(1+e^2), e the normalized emulation error of the decoded state, as evaluation "
+        "reports it (robust: problems that went astray do not dominate). frame_mse: the "
+        "squared error of the output fields in the frame of the stack's own state at that "
+        "layer (pretraining's loss; runs saved before this setting existed used it)."
     )
     supervision: Literal["every_layer", "last"] = setting(
         "every_layer", "Loss against the teacher's s_k at every layer (deep supervision) or at "

@@ -3,9 +3,10 @@
 The stack runs from the teacher's s_0, each layer encoding the *emulated* state in its own
 frame (so the loss sees the errors that compound), and layer k's prediction is compared with
 the teacher's s_k: by default through log(1 + e^2), e the normalized emulation error of
-design.md (the teacher's own move is the unit, so every problem and layer weighs alike and
-the logarithm keeps problems that went astray from dominating), or by the squared error in
-the emulated state's frame (pretraining's loss). At every layer (deep supervision, layer k
+design.md on the decoded state, the one passed on and evaluated (the teacher's own move is
+the unit, so every problem and layer weighs alike, and the logarithm keeps problems that went
+astray from dominating), or by the squared error of the output fields in the emulated state's
+frame (pretraining's loss). At every layer (deep supervision, layer k
 weighted ratio^(k-1)) or at the last one only. Blocks may be frozen for a first phase in which
 only the shared read-in/read-out train (Lightning's `BaseFinetuning`). The looped baseline is
 the same module around a stack of one block applied K times.
@@ -103,14 +104,18 @@ class FreezeBlocks(BaseFinetuning):
 
 def log_normalized_loss(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
     """Mean over problems of log(1 + e^2), e = ||pred - target|| / ||target - prev|| the
-    normalized error of `blockwise.evaluation.errors`; inputs (B, ...) in one frame. Problems
-    whose teacher did not move (e undefined) are left out."""
+    normalized error of `blockwise.evaluation.errors`; inputs (B, ...). Problems whose teacher
+    did not move (e undefined) are left out."""
     flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
     move2 = (flat(target) - flat(prev)).square().sum(1)
     miss2 = (flat(pred) - flat(target)).square().sum(1)
     moved = move2 > 0
-    per_problem = torch.log1p(miss2 / torch.where(moved, move2, 1.0))
-    return torch.where(moved, per_problem, 0.0).sum() / moved.sum().clamp(min=1)
+    # Clamped so that a ratio past the float range stays a large, finite loss.
+    ratio = (miss2 / torch.where(moved, move2, 1.0)).clamp(max=torch.finfo(miss2.dtype).max)
+    return torch.where(moved, torch.log1p(ratio), 0.0).sum() / moved.sum().clamp(min=1)
+
+
+OBJECTIVES = ("log_normalized", "frame_mse")
 
 
 class StackModule(L.LightningModule):
@@ -119,19 +124,18 @@ class StackModule(L.LightningModule):
     Args:
         stack: the stack (its blocks train; its read-in/read-out only with `train_readio`).
         loss_weights: state field -> weight (fields not named weigh 1).
-        objective: "log_normalized" or "frame_mse" (see the module's docstring).
         supervision: "every_layer" or "last".
         layer_weight_ratio: layer k's weight is ratio^(k-1) under every_layer supervision.
         lr, weight_decay, schedule, warmup_steps: as in `BlockModule`.
         train_readio: train the shared read-in/read-out too.
         name: used in messages.
+        objective: "log_normalized" or "frame_mse" (see the module's docstring).
     """
 
     def __init__(
         self,
         stack: Stack,
         loss_weights: dict[str, float] | None = None,
-        objective: str = "log_normalized",
         supervision: str = "every_layer",
         layer_weight_ratio: float = 1.0,
         lr: float = 3e-4,
@@ -140,8 +144,11 @@ class StackModule(L.LightningModule):
         warmup_steps: int = 0,
         train_readio: bool = False,
         name: str = "stack",
+        objective: str = "log_normalized",
     ):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
         self.stack, self.objective = stack, objective
         self.train_readio = train_readio
         self.stack.readio.requires_grad_(train_readio)
@@ -163,16 +170,19 @@ class StackModule(L.LightningModule):
         for k in range(1, self.stack.depth + 1):
             enc = codec.encode(state, batch.problem)
             tokens = readio.layer(self.stack.block(k), enc.tokens.to(dtype)).to(enc.tokens.dtype)
-            target = codec.to_frame(batch.state(k), enc.frame)
-            pred = codec.read(tokens)
+            decoded = codec.decode(tokens, enc)
             if self.objective == "frame_mse":
-                per_field = field_losses(pred, target)
+                target = codec.to_frame(batch.state(k), enc.frame)
+                per_field = field_losses(codec.read(tokens), target)
             else:
-                # The normalized error is the same in any frame; the emulated state's is at hand.
-                prev = codec.to_frame(batch.state(k - 1), enc.frame)
-                per_field = {f: log_normalized_loss(pred[f], target[f], prev[f]) for f in target}
+                # The state passed on and evaluated: decoded (a simplex re-sorted best first).
+                target, prev = batch.state(k), batch.state(k - 1)
+                per_field = {
+                    f: log_normalized_loss(decoded[f], target[f], prev[f])
+                    for f in codec.learned_fields
+                }
             losses.append(sum(self.weights[f] * v for f, v in per_field.items()))
-            state = codec.decode(tokens, enc)
+            state = decoded
         return losses
 
     def _step(self, batch: RolloutBatch, stage: str) -> Tensor:
@@ -217,7 +227,6 @@ def train_stack(recipe, stack: Stack, data: dict, out, name: str) -> Stack:
     module = StackModule(
         stack.train(),  # its blocks may come from an evaluation, in eval mode
         dict(fc.loss_weights),
-        fc.objective,
         fc.supervision,
         fc.layer_weight_ratio,
         fc.lr,
@@ -226,6 +235,7 @@ def train_stack(recipe, stack: Stack, data: dict, out, name: str) -> Stack:
         fc.warmup_steps,
         fc.train_readio,
         name=name,
+        objective=fc.objective,
     )
     callbacks = [FreezeBlocks(fc.freeze_blocks_epochs)] if fc.freeze_blocks_epochs else []
     L.seed_everything(recipe.seed, workers=True, verbose=False)
