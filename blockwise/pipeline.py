@@ -64,6 +64,19 @@ def _what_it_computes(recipe: dict) -> dict:
     }
 
 
+def _differing(a: dict, b: dict, where: str = "") -> list[str]:
+    """Key paths whose values differ between two recipe mappings."""
+    keys = list(a) + [k for k in b if k not in a]
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing(x, y, f"{where}{k}.")
+        elif x != y:
+            out.append(where + k)
+    return out
+
+
 def finished(out: Path) -> bool:
     """A run is finished when its last output, the plots, stands beside metrics.json."""
     return (out / "metrics.json").exists() and (out / "plots" / "depth_errors.png").exists()
@@ -83,12 +96,12 @@ def prepare_out(recipe: Recipe, force: bool = False) -> tuple[Path, bool]:
             raise OutputDirError(
                 f"{out} holds files that are not a blockwise run; choose another --out"
             )
-        before = saved_recipe(yaml.safe_load(saved.read_text()))
-        same = _what_it_computes(before) == _what_it_computes(recipe_to_dict(recipe))
-        if not force and not same:
+        before = _what_it_computes(saved_recipe(yaml.safe_load(saved.read_text())))
+        differ = _differing(before, _what_it_computes(recipe_to_dict(recipe)))
+        if not force and differ:
             raise OutputDirError(
-                f"{out} already holds a different recipe; pass --force to replace it, "
-                "or --out DIR"
+                f"{out} already holds a different recipe ({', '.join(differ)} differ); pass "
+                "--force to replace it (this deletes that run), or --out DIR"
             )
         if not force:
             _write_atomic(saved, dump_recipe(recipe))

@@ -305,6 +305,7 @@ def test_looped_stack_layers_share_one_block(recipe, problem):
 
 
 def test_a_checkpoint_saved_before_a_setting_existed_reads_as_what_it_computed(saved):
+    assert read_config(saved)["recipe"]["finetune"]["objective"] == "log_normalized"
     edit_config(saved, lambda c: c["recipe"]["finetune"].pop("objective"))
     assert read_config(saved)["recipe"]["finetune"]["objective"] == "frame_mse"
     load_stack(saved)

@@ -179,3 +179,16 @@ def test_the_recipe_objective_reaches_the_module(tmp_path, monkeypatch):
             ),
             objective="frame-mse",
         )
+
+
+def test_every_block_gets_a_finite_nonzero_gradient_through_decode_and_sort():
+    problem = problems.make("quadratic", 32, 2, 6, **RECIPE.problem.settings)
+    traj = rollout("nelder_mead", problem, problem.sample_x0(seed=6), K)
+    codec = build_codec(RECIPE, problem)
+    blocks = [new_block(RECIPE, k) for k in range(1, K + 1)]
+    stack = Stack(codec, ReadIO(codec.token_dim, 32), blocks)
+    sum(StackModule(stack).layer_losses(RolloutBatch(problem, traj.states))).backward()
+    for k, block in enumerate(blocks, start=1):
+        grads = [p.grad for p in block.parameters() if p.requires_grad]
+        assert all(g is not None and g.isfinite().all() for g in grads), k
+        assert any(g.abs().sum() > 0 for g in grads), k

@@ -207,8 +207,11 @@ def test_a_run_saved_before_a_setting_existed_resumes_as_what_it_computed(tmp_pa
     today = dataclasses.replace(
         recipe, finetune=dataclasses.replace(recipe.finetune, objective="log_normalized")
     )
-    with pytest.raises(OutputDirError, match="different recipe"):
+    with pytest.raises(OutputDirError, match=r"different recipe \(finetune.objective differ\)"):
         prepare_out(today)
+    # A value the saved recipe states is kept, never replaced by the one for older runs.
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(today)))
+    assert prepare_out(today) == (out, False)
 
 
 def test_bad_recipe_exits_2_and_writes_nothing(tmp_path, capsys):

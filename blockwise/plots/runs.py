@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from matplotlib.figure import Figure
 
 from blockwise.checkpoints import load_stack
-from blockwise.config import load_recipe
+from blockwise.config import recipe_from_dict, saved_recipe
 from blockwise.plots.compare import plot_compare
 from blockwise.plots.depth import plot_run_depth_errors
 from blockwise.plots.progress import plot_objective_depth
@@ -41,7 +42,7 @@ def trajectories(run: Path) -> Figure | None:
     checkpoint = run / "checkpoint"
     if not checkpoint.is_dir():
         return None
-    recipe = load_recipe(run / "recipe.yaml")
+    recipe = recipe_from_dict(saved_recipe(yaml.safe_load((run / "recipe.yaml").read_text())))
     if recipe.problem.dim != 2:
         return None
     # The test split alone: the training splits (far larger) are not needed to plot.

@@ -149,6 +149,8 @@ class StackModule(L.LightningModule):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+        if supervision not in ("every_layer", "last"):
+            raise ValueError(f"supervision: expected every_layer or last, got {supervision!r}")
         self.stack, self.objective = stack, objective
         self.train_readio = train_readio
         self.stack.readio.requires_grad_(train_readio)
