@@ -34,7 +34,7 @@ from blockwise.model import ReadIO
 from blockwise.training.block_module import BlockModule, field_losses
 from blockwise.training.datamodule import PairDataModule
 from blockwise.training.optim import adamw_with_schedule
-from blockwise.training.pretrain import build_codec, data_splits, new_block
+from blockwise.training.pretrain import block_module, build_codec, data_splits, new_block
 from blockwise.training.rollouts import load_or_roll_out
 
 
@@ -167,16 +167,7 @@ def main() -> None:
 
     def make_module() -> BlockModule:
         """Block 1 as the recipe trains it, from the same initial weights every time."""
-        return BlockModule(
-            copy.deepcopy(block),
-            readio,
-            codec,
-            dict(tc.loss_weights),
-            tc.lr,
-            tc.weight_decay,
-            tc.schedule,
-            tc.warmup_steps,
-        )
+        return block_module(recipe, 1, copy.deepcopy(block), readio, codec)
 
     flops = step_flops(make_module(), next(iter(loader)))
     timer, fixed = compare(make_module, dm, args.epochs, tc.grad_clip)

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from identity_stack import identity_blocks
 from torch import nn
 
 from blockwise import problems
@@ -49,23 +50,12 @@ def test_log_normalized_loss_is_the_mean_of_log1p_e_squared_over_moved_problems(
     assert none_moved.item() == 0.0 and none_moved.isfinite()
 
 
-def identity_blocks() -> list:
-    """Blocks whose attention and MLP add nothing to the residual stream."""
-    blocks = [new_block(RECIPE, k) for k in range(1, K + 1)]
-    with torch.no_grad():
-        for block in blocks:
-            for out in (block.attn.out, block.mlp[2]):
-                out.weight.zero_()
-                out.bias.zero_()
-    return blocks
-
-
 @pytest.mark.parametrize("objective", ["log_normalized", "frame_mse"])
 def test_a_stack_that_does_nothing_scores_its_distance_from_every_teacher_step(objective):
     problem = problems.make("quadratic", 32, 2, 3, **RECIPE.problem.settings)
     traj = rollout("nelder_mead", problem, problem.sample_x0(seed=3), K)
     codec = build_codec(RECIPE, problem)
-    stack = Stack(codec, ReadIO(codec.token_dim, 32), identity_blocks()).double()
+    stack = Stack(codec, ReadIO(codec.token_dim, 32), identity_blocks(RECIPE)).double()
     module = StackModule(stack, objective=objective)
     losses = module.layer_losses(RolloutBatch(problem, traj.states))
     s = traj.states
@@ -175,7 +165,7 @@ def test_the_recipe_objective_reaches_the_module(tmp_path, monkeypatch):
             Stack(
                 build_codec(recipe, problems.make("quadratic", 2, 2, 0)),
                 ReadIO(16, 32),
-                identity_blocks(),
+                identity_blocks(RECIPE),
             ),
             objective="frame-mse",
         )

@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from identity_stack import identity_blocks
 
 from blockwise import problems, teachers
 from blockwise.codec import make_codec
@@ -48,17 +49,6 @@ def make_stack(problem, blocks=None) -> Stack:
     codec = build_codec(RECIPE, problem)
     blocks = blocks or [new_block(RECIPE, k) for k in range(1, K + 1)]
     return Stack(codec, ReadIO(codec.token_dim, RECIPE.block.width), blocks).double()
-
-
-def identity_blocks() -> list:
-    """Blocks whose attention and MLP add nothing to the residual stream."""
-    blocks = [new_block(RECIPE, k) for k in range(1, K + 1)]
-    with torch.no_grad():
-        for block in blocks:
-            for out in (block.attn.out, block.mlp[2]):
-                out.weight.zero_()
-                out.bias.zero_()
-    return blocks
 
 
 def error(pred, target, prev):
@@ -122,7 +112,8 @@ def test_a_perfect_stack_has_no_error_and_the_teachers_progress(data, monkeypatc
 
 def test_the_identity_stack_scores_one_and_breaks_down_at_once(data):
     problem, traj = data
-    result = evaluate_stack(make_stack(problem, identity_blocks()), problem, traj, threshold=0.5)
+    stack = make_stack(problem, identity_blocks(RECIPE))
+    result = evaluate_stack(stack, problem, traj, threshold=0.5)
     for f in ("simplex", "fvals"):
         for name in ("median", "p10", "p90"):
             assert result["teacher_forced"][f][name] == pytest.approx([1.0] * K, abs=1e-9)

@@ -6,10 +6,10 @@ the teacher's s_k: by default through log(1 + e^2), e the normalized emulation e
 design.md on the decoded state, the one passed on and evaluated (the teacher's own move is
 the unit, so every problem and layer weighs alike, and the logarithm keeps problems that went
 astray from dominating), or by the squared error of the output fields in the emulated state's
-frame (pretraining's loss). At every layer (deep supervision, layer k
-weighted ratio^(k-1)) or at the last one only. Blocks may be frozen for a first phase in which
-only the shared read-in/read-out train (Lightning's `BaseFinetuning`). The looped baseline is
-the same module around a stack of one block applied K times.
+frame (pretraining's loss). At every layer (deep supervision, layer k weighted ratio^(k-1))
+or at the last one only. Blocks may be frozen for a first phase in which only the shared
+read-in/read-out train (Lightning's `BaseFinetuning`). The looped baseline is the same module
+around a stack of one block applied K times.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ class FreezeBlocks(BaseFinetuning):
 def log_normalized_loss(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
     """Mean over problems of log(1 + e^2), e = ||pred - target|| / ||target - prev|| the
     normalized error of `blockwise.evaluation.errors`; inputs (B, ...). Problems whose teacher
-    did not move (e undefined) are left out."""
+    did not move (e undefined) are left out.
+
+    Written with squared norms rather than through `errors.normalized_error`, whose norm has
+    no gradient at a perfect prediction and which marks undefined rows with NaN."""
     flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
     move2 = (flat(target) - flat(prev)).square().sum(1)
     miss2 = (flat(pred) - flat(target)).square().sum(1)

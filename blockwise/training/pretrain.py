@@ -105,6 +105,22 @@ def _dtype(precision: str) -> torch.dtype:
     return torch.float64 if precision.startswith("64") else torch.float32
 
 
+def block_module(recipe: Recipe, layer: int, block: Block, readio: ReadIO, codec) -> BlockModule:
+    """The LightningModule that trains `block` as block `layer` under recipe.train."""
+    tc = recipe.train
+    return BlockModule(
+        block,
+        readio,
+        codec,
+        dict(tc.loss_weights),
+        tc.lr,
+        tc.weight_decay,
+        tc.schedule,
+        tc.warmup_steps,
+        name=f"block {layer}",
+    )
+
+
 def train_block(
     recipe: Recipe, layer: int, data: dict, out: Path, frozen: list[Block] | None = None
 ) -> Block:
@@ -135,17 +151,7 @@ def train_block(
         dtype=dtype,
     )
     block = new_block(recipe, layer).to(dtype)
-    module = BlockModule(
-        block,
-        readio.to(dtype),
-        codec,
-        dict(tc.loss_weights),
-        tc.lr,
-        tc.weight_decay,
-        tc.schedule,
-        tc.warmup_steps,
-        name=f"block {layer}",
-    )
+    module = block_module(recipe, layer, block, readio.to(dtype), codec)
     L.seed_everything(recipe.seed + layer, workers=True, verbose=False)
     fit(module, dm, tc, out, f"block_{layer:02d}")
     save_block(block.float(), block_path(out, layer))
@@ -199,6 +205,7 @@ def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> 
 
 
 __all__ = [
+    "block_module",
     "block_path",
     "build_codec",
     "data_splits",
