@@ -28,14 +28,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
+from blockwise.build import build_codec, data_splits, new_block
 from blockwise.config import load_recipe
 from blockwise.evaluation.stack_eval import eval_checkpoint
 from blockwise.model import ReadIO
+from blockwise.rollout_cache import load_or_roll_out
 from blockwise.training.block_module import BlockModule, field_losses
 from blockwise.training.datamodule import PairDataModule
 from blockwise.training.optim import adamw_with_schedule
-from blockwise.training.pretrain import block_module, build_codec, data_splits, new_block
-from blockwise.training.rollouts import load_or_roll_out
+from blockwise.training.pretrain import block_module
 
 
 def matmul_peak(dtype=torch.float32, size=1024) -> float:

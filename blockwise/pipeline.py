@@ -6,110 +6,34 @@ Stages (each skipped when its output already exists, so an interrupted run resum
     breakdown depth, progress; an untrained stack beside it) -> end-to-end fine-tuning and the
     looped baseline, evaluated the same way -> checkpoints (`checkpoint/` holds the final
     stack; `finetuned/`, `looped/`) -> metrics.json -> plots (`plots/`, pretrain_errors).
-The output directory holds the resolved recipe (`recipe.yaml`); a directory holding another
-recipe, or anything else, is refused unless `force` is given.
+The output directory (`rundir`) is a blockwise run: marked, locked while the run lasts, holding
+the resolved recipe (`recipe.yaml`); a run of another recipe is replaced only with `force`, and
+a directory that is not a run is never touched.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from blockwise.build import build_codec, load_data, new_block
 from blockwise.checkpoints import load_stack, save_stack
-from blockwise.config import Recipe, dump_recipe, recipe_to_dict, saved_recipe
-from blockwise.evaluation.stack_eval import evaluate_stack, to_jsonable
+from blockwise.config import Recipe
+from blockwise.evaluation.stack_eval import evaluate_stack
 from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
+from blockwise.files import write_atomic
 from blockwise.model import ReadIO
 from blockwise.plots import plot_pretrain_errors, save
 from blockwise.plots.runs import plot_runs
+from blockwise.rundir import claim
 from blockwise.stack import Stack
 from blockwise.training.finetune import train_stack
-from blockwise.training.pretrain import build_codec, load_data, new_block, pretrain
+from blockwise.training.pretrain import pretrain
 from blockwise.training.trainer import drop_resume
-
-
-class OutputDirError(Exception):
-    """The output directory cannot be used as asked (it holds another run)."""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-# Fields that change how a run executes, not what it computes: a run may resume under others.
-EXECUTION_ONLY = {
-    "train": ("workers", "accelerator", "devices", "strategy", "log_every_n_steps"),
-    "finetune": ("workers", "accelerator", "devices", "strategy", "log_every_n_steps"),
-    "data": ("cache_dir",),
-}
-
-
-def _what_it_computes(recipe: dict) -> dict:
-    return {
-        section: (
-            {k: v for k, v in value.items() if k not in EXECUTION_ONLY.get(section, ())}
-            if isinstance(value, dict)
-            else value
-        )
-        for section, value in recipe.items()
-    }
-
-
-def _differing(a: dict, b: dict, where: str = "") -> list[str]:
-    """Key paths whose values differ between two recipe mappings."""
-    keys = list(a) + [k for k in b if k not in a]
-    out = []
-    for k in keys:
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differing(x, y, f"{where}{k}.")
-        elif x != y:
-            out.append(where + k)
-    return out
-
-
-def finished(out: Path) -> bool:
-    """A run is finished when its last output, the plots, stands beside metrics.json."""
-    return (out / "metrics.json").exists() and (out / "plots" / "depth_errors.png").exists()
-
-
-def prepare_out(recipe: Recipe, force: bool = False) -> tuple[Path, bool]:
-    """The run directory, made or checked; returns (path, finished).
-
-    An existing run directory is resumed if it holds this recipe (up to the fields that only
-    change how it executes, such as train.workers or the accelerator), and replaced only with
-    `force`; a directory that is not a blockwise run is never touched.
-    """
-    out = Path(recipe.out)
-    saved = out / "recipe.yaml"
-    if out.exists() and any(out.iterdir()):
-        if not saved.exists():
-            raise OutputDirError(
-                f"{out} holds files that are not a blockwise run; choose another --out"
-            )
-        before = _what_it_computes(saved_recipe(yaml.safe_load(saved.read_text())))
-        differ = _differing(before, _what_it_computes(recipe_to_dict(recipe)))
-        if not force and differ:
-            raise OutputDirError(
-                f"{out} already holds a different recipe ({', '.join(differ)} differ); pass "
-                "--force to replace it (this deletes that run), or --out DIR"
-            )
-        if not force:
-            _write_atomic(saved, dump_recipe(recipe))
-            return out, finished(out)
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(saved, dump_recipe(recipe))
-    return out, False
 
 
 def _stage_stack(recipe, out: Path, name: str, stack: Stack, data: dict, log) -> Stack:
@@ -140,10 +64,15 @@ def _rollout_table(evaluations: dict) -> str:
 
 def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     """Run the recipe's stages under recipe.out; returns the metrics."""
-    out, finished = prepare_out(recipe, force)
-    if finished:
-        log(f"{out} is a finished run of this recipe; nothing to do (--force to redo it)")
-        return json.loads((out / "metrics.json").read_text())
+    with claim(recipe, force) as (out, done):
+        if done:
+            log(f"{out} is a finished run of this recipe; nothing to do")
+            return json.loads((out / "metrics.json").read_text())
+        return _stages(recipe, out, log)
+
+
+def _stages(recipe: Recipe, out: Path, log) -> dict:
+    """Every stage not yet done in the claimed run directory `out`."""
     start = time.perf_counter()
     data = load_data(recipe)
     made = time.perf_counter() - start
@@ -156,15 +85,16 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
     codec = build_codec(recipe, problem)
     readio = ReadIO(codec.token_dim, recipe.block.width)
     untrained = [new_block(recipe, k) for k in range(1, recipe.steps + 1)]
-    rows = teacher_forced_errors(codec, readio, problem, traj, blocks, untrained)
-    log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
-    log(format_table(rows))
-
     threshold = recipe.eval.threshold
     stacks = {
         "untrained": Stack(codec, readio, untrained),
         "stacked": Stack(codec, readio, [copy.deepcopy(b) for b in blocks]),
     }
+    rows = teacher_forced_errors(
+        {"trained": stacks["stacked"], "untrained": stacks["untrained"]}, problem, traj
+    )
+    log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
+    log(format_table(rows))
     if recipe.finetune.max_epochs > 0:
         tuned = Stack(codec, copy.deepcopy(readio), [copy.deepcopy(b) for b in blocks])
         stacks["finetuned"] = _stage_stack(recipe, out, "finetuned", tuned, data, log)
@@ -178,7 +108,7 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
             )
             stacks["looped"] = _stage_stack(recipe, out, "looped", looped, data, log)
     evaluations = {
-        name: to_jsonable(evaluate_stack(stack, problem, traj, threshold))
+        name: evaluate_stack(stack, problem, traj, threshold)
         for name, stack in stacks.items()
     }
     log(f"rollout normalized error of {evaluations['stacked']['primary']} per layer (median):")
@@ -204,7 +134,7 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
         "torch": torch.__version__,
     }
     paths = save(plot_pretrain_errors(rows, title=recipe.name), out / "pretrain_errors")
-    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     paths += plot_runs([out])
     log(
         f"wrote {out / 'metrics.json'}, {out / 'checkpoint'}, plots: "

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from blockwise.build import new_block
 from blockwise.config import Recipe
-from blockwise.training.pretrain import new_block
 
 
 def identity_blocks(recipe: Recipe) -> list:

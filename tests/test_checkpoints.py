@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from blockwise import CheckpointError, load_stack, problems, read_config, save_stack
+from blockwise.checkpoints import config as saveload_config
 from blockwise.checkpoints import saveload
 from blockwise.config import recipe_from_dict, recipe_to_dict
 from blockwise.model import ReadIO
@@ -108,12 +112,17 @@ def test_dtype_is_kept(recipe, problem, tmp_path):
     assert_same(outputs(loaded, problem), outputs(stack, problem))
 
 
-def test_metrics_are_stored_with_nan_as_null(recipe, problem, tmp_path):
+def test_metrics_are_stored_with_nan_as_null_and_inf_as_the_largest_float(
+    recipe, problem, tmp_path
+):
     metrics = {"loss": float("nan"), "depth": 3, "error": torch.tensor(0.5),
-               "per_layer": [0.1, float("inf")]}
+               "per_layer": (0.1, float("inf"), -float("inf"))}
     path = save_stack(make_stack(recipe, problem), recipe, tmp_path / "ckpt", metrics=metrics)
     config = read_config(path)
-    assert config["metrics"] == {"loss": None, "depth": 3, "error": 0.5, "per_layer": [0.1, None]}
+    big = sys.float_info.max
+    assert config["metrics"] == {
+        "loss": None, "depth": 3, "error": 0.5, "per_layer": [0.1, big, -big]
+    }
     assert config["recipe"]["block"]["width"] == 32 and config["stage"] == "finetuned"
     assert set(config["versions"]) == {"blockwise", "torch", "safetensors"}
 
@@ -248,8 +257,9 @@ BAD = {
         "model.safetensors", "blocks.1.mlp.0.bias has shape [3], expected [64]",
     ),
     "tensors unlike the block": (
-        lambda p: edit_config(p, lambda c: c["block"].update(mlp_ratio=1.0)), "config.json",
-        "blocks.0.mlp.0.weight has shape [64, 32], expected [32, 32]",
+        lambda p: edit_config(p, lambda c: [b.update(mlp_ratio=1.0)
+                                            for b in (c["block"], c["recipe"]["block"])]),
+        "config.json", "blocks.0.mlp.0.weight has shape [64, 32], expected [32, 32]",
     ),
     "codec unlike its token_dim": (
         lambda p: edit_config(p, lambda c: c["codec"].update(token_dim=5)), "config.json",
@@ -279,18 +289,206 @@ BAD = {
         lambda p: (p / "config.json").write_text("{\"format_version\": 1,") and p,
         "config.json", "invalid JSON",
     ),
+    "NaN in JSON": (
+        lambda p: (p / "config.json").write_text('{"format_version": NaN}') and p,
+        "config.json", "NaN is not JSON",
+    ),
+    "nested too deeply": (
+        lambda p: (p / "config.json").write_text("[" * 100_000) and p,
+        "config.json", "nested too deeply",
+    ),
+    # Sizes that drive allocation or loops are bounded before anything is built.
+    "depth of a billion": (
+        lambda p: edit_config(p, lambda c: c.update(depth=10**9)), "config.json",
+        "depth: expected an integer in [1, 1024], got 1000000000",
+    ),
+    "looped depth of a billion": (
+        lambda p: edit_config(p, lambda c: c.update(depth=10**9, looped=True)), "config.json",
+        "depth: expected an integer in [1, 1024]",
+    ),
+    "depth beyond the tensors": (
+        lambda p: edit_config(p, lambda c: c.update(depth=K + 1)), "config.json",
+        "tensors lists blocks 0 to 2, but a stack of depth 4 holds blocks.0 to blocks.3",
+    ),
+    "looped with several blocks": (
+        lambda p: edit_config(p, lambda c: c.update(looped=True)), "config.json",
+        "tensors lists blocks 0 to 2, but a looped stack holds blocks.0 only",
+    ),
+    "huge dim": (
+        lambda p: edit_config(p, lambda c: c["codec"].update(dim=10**6)), "config.json",
+        "codec.dim: expected an integer in [1, 1024], got 1000000",
+    ),
+    "huge width": (
+        lambda p: edit_config(p, lambda c: c["block"].update(width=10**12)), "config.json",
+        "block.width: expected an integer in [1, 65536]",
+    ),
+    "negative heads": (
+        lambda p: edit_config(p, lambda c: c["block"].update(heads=-2)), "config.json",
+        "block.heads: expected an integer in [1, 65536], got -2",
+    ),
+    "huge mlp_ratio": (
+        lambda p: edit_config(p, lambda c: c["block"].update(mlp_ratio=1e300)),
+        "config.json", "block.mlp_ratio: expected a number in [0, 64], got 1e+300",
+    ),
+    "huge count setting": (
+        lambda p: edit_config(p, lambda c: c["codec"]["teacher_settings"].update(popsize=10**9)),
+        "config.json", "codec.teacher_settings.popsize: expected an integer in [0, 4096]",
+    ),
+    "huge num_tokens": (
+        lambda p: edit_config(p, lambda c: c["codec"].update(num_tokens=2**40)), "config.json",
+        "codec.num_tokens: expected an integer in [1, 65536]",
+    ),
+    "recipe unlike the codec": (
+        lambda p: edit_config(p, lambda c: c["recipe"]["problem"].update(dim=100_000)),
+        "config.json", "recipe.problem.dim is 100000, but the codec field says 2",
+    ),
+    "many tensors": (
+        lambda p: edit_config(p, lambda c: c["tensors"].update(
+            {f"x{i}": [i] for i in range(200_000)})),
+        "config.json", "unexpected x9 [9]; and 199990 more",
+    ),
+    "not a shape": (
+        lambda p: edit_config(p, lambda c: c["tensors"].update({"readio.read_in.weight": 3})),
+        "config.json", "tensors.readio.read_in.weight: expected a shape",
+    ),
+    # What sits at a file's name is checked before it is read.
+    "config is /dev/zero": (
+        lambda p: link(p / "config.json", "/dev/zero"), "config.json",
+        "expected a regular file, found a character device",
+    ),
+    "config is a FIFO": (
+        lambda p: fifo(p / "config.json"), "config.json", "expected a regular file, found a FIFO",
+    ),
+    "config is a directory": (
+        lambda p: directory(p / "config.json"), "config.json",
+        "expected a regular file, found a directory",
+    ),
+    "config is huge": (
+        lambda p: sparse(p / "config.json", 17 * 2**20), "config.json", "larger than 16 MiB",
+    ),
+    "config links to nothing": (
+        lambda p: link(p / "config.json", p / "gone"), "config.json", "no such file",
+    ),
+    "weights are /dev/zero": (
+        lambda p: link(p / "model.safetensors", "/dev/zero"), "model.safetensors",
+        "expected a regular file, found a character device",
+    ),
+    "weights are a FIFO": (
+        lambda p: fifo(p / "model.safetensors"), "model.safetensors",
+        "expected a regular file, found a FIFO",
+    ),
+    "weights are a directory": (
+        lambda p: directory(p / "model.safetensors"), "model.safetensors",
+        "expected a regular file, found a directory",
+    ),
+    "weights header lies": (
+        lambda p: lying_header(p, 2**40), "model.safetensors",
+        "its header declares 1099511627776 bytes",
+    ),
+    "weights shorter than a header": (
+        lambda p: (p / "model.safetensors").write_bytes(b"\1\2") and p, "model.safetensors",
+        "shorter than its 8-byte header length",
+    ),
+    "weights a tensor past the end": (
+        lambda p: lying_header(p, None), "model.safetensors", "truncated or corrupt",
+    ),
+    # What a user may pass instead of a checkpoint directory.
+    "a plain file": (
+        lambda p: (p.parent / "notes.txt").write_text("hi") and p.parent / "notes.txt",
+        "notes.txt", "not a directory: a checkpoint is a directory holding config.json",
+    ),
+    "the config.json path": (
+        lambda p: p / "config.json", "config.json", "pass its directory, ",
+    ),
+    "an existing .pt file": (
+        lambda p: sibling(p, "model.pt"), "model.pt", "refusing to load a .pt file",
+    ),
 }
 
 
+# Found by rebuilding the stack, which read_config does not do.
+REBUILT = {"tensors unlike the block", "codec unlike its token_dim", "many tensors"}
+
+
+def link(file: Path, target) -> Path:
+    file.unlink()
+    file.symlink_to(target)
+    return file.parent
+
+
+def fifo(file: Path) -> Path:
+    file.unlink()
+    os.mkfifo(file)
+    return file.parent
+
+
+def directory(file: Path) -> Path:
+    file.unlink()
+    file.mkdir()
+    (file / "inside").write_text("{}")
+    return file.parent
+
+
+def sparse(file: Path, size: int) -> Path:
+    with open(file, "r+b") as f:
+        f.truncate(size)
+    return file.parent
+
+
+def lying_header(path: Path, length: int | None) -> Path:
+    """model.safetensors whose header declares `length` bytes, or (None) whose first tensor's
+    offsets point past the end of the file."""
+    file = path / "model.safetensors"
+    data = file.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    if length is not None:
+        file.write_bytes(length.to_bytes(8, "little") + data[8:])
+        return path
+    header = json.loads(data[8 : 8 + size])
+    name = next(n for n in header if n != "__metadata__")
+    header[name]["data_offsets"][1] += 10**9
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    file.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+    return path
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """A TimeoutError instead of a hang (SIGALRM interrupts even a blocking open of a FIFO)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.mark.parametrize("case", BAD)
-def test_each_bad_checkpoint_gets_a_named_error(saved, case):
+@pytest.mark.parametrize("read", [load_stack, read_config], ids=["load_stack", "read_config"])
+def test_each_bad_checkpoint_gets_a_named_error(saved, case, read):
     breaks, file, words = BAD[case]
+    if read is read_config and (file == "model.safetensors" or case in REBUILT):
+        pytest.skip("read_config neither reads the weights nor rebuilds the stack")
     path = breaks(saved)
-    with pytest.raises(CheckpointError) as err:
-        load_stack(path)
+    with deadline(20), pytest.raises(CheckpointError) as err:
+        read(path)
     assert Path(err.value.file).name == file
     assert words in err.value.message
     assert str(err.value).startswith(err.value.file)
+    assert len(str(err.value)) < 2000  # never a hostile value in full
+
+
+def test_a_checkpoint_at_the_depth_bound_loads(recipe, problem, tmp_path):
+    """The bound refuses nothing a real stack needs: a looped stack at MAX_DEPTH loads."""
+    stack = make_stack(recipe, problem, looped=True)
+    stack.depth = saveload_config.MAX_DEPTH
+    path = save_stack(stack, recipe, tmp_path / "ckpt", stage="looped")
+    assert load_stack(path).depth == saveload_config.MAX_DEPTH
 
 
 def test_looped_stack_layers_share_one_block(recipe, problem):

@@ -14,13 +14,13 @@ from identity_stack import identity_blocks
 from torch import nn
 
 from blockwise import problems
+from blockwise.build import build_codec, new_block
 from blockwise.config import recipe_from_dict
 from blockwise.model import ReadIO
 from blockwise.pipeline import run
 from blockwise.rollout import rollout
 from blockwise.stack import Stack
 from blockwise.training.finetune import RolloutBatch, StackModule, log_normalized_loss
-from blockwise.training.pretrain import build_codec, new_block
 
 K = 3
 RECIPE = recipe_from_dict({"steps": K, "block": {"width": 32, "heads": 4}})

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
 from blockwise.config import load_recipe, recipe_to_dict, save_recipe
-from blockwise.pipeline import OutputDirError, prepare_out, run
+from blockwise.pipeline import run
+from blockwise.rundir import MARKER, OutputDirError, claim
 from blockwise.training.finetune import StackModule
 from blockwise.training.pretrain import block_path
 from blockwise.training.trainer import DivergedTraining
@@ -196,10 +197,16 @@ def test_interrupted_fine_tuning_resumes_to_the_uninterrupted_result(tmp_path, m
     assert _same_tensors(got, want)
 
 
+def prepare_out(recipe, force=False):
+    with claim(recipe, force) as (out, done):
+        return out, done
+
+
 def test_a_run_saved_before_a_setting_existed_resumes_as_what_it_computed(tmp_path):
     recipe = shrunk(QUICKSTART, tmp_path, "finetune.objective=frame_mse")
     out = Path(recipe.out)
     out.mkdir(parents=True)
+    (out / MARKER).write_text("{}")
     saved = recipe_to_dict(recipe)
     del saved["finetune"]["objective"]  # as a run saved before the field existed
     (out / "recipe.yaml").write_text(yaml.safe_dump(saved))

@@ -16,9 +16,11 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Polygon
 
+from blockwise.build import build_codec, data_splits, new_block
 from blockwise.checkpoints import save_stack
 from blockwise.cli import main
 from blockwise.config import dump_recipe, recipe_from_dict
+from blockwise.evaluation import eval_checkpoint
 from blockwise.model import ReadIO
 from blockwise.plots import (
     plot_compare,
@@ -27,10 +29,9 @@ from blockwise.plots import (
     plot_stack_trajectories,
     save,
 )
-from blockwise.plots.runs import plot_runs
+from blockwise.plots.runs import checkpoint_metrics, plot_runs
+from blockwise.rollout_cache import load_or_roll_out
 from blockwise.stack import Stack
-from blockwise.training.pretrain import build_codec, data_splits, new_block
-from blockwise.training.rollouts import load_or_roll_out
 
 L = 6
 FIELDS = ["simplex", "fvals"]
@@ -200,6 +201,30 @@ def test_plot_runs_writes_a_run_s_figures_and_a_comparison(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the comparison goes to ./compare by default
     assert plot_runs([run, other]) == [tmp_path / "compare.png", tmp_path / "compare.pdf"]
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_plot_runs_draws_a_checkpoint_directory_outside_it(tmp_path, monkeypatch):
+    recipe, _, _, stack = tiny_run("nelder_mead")
+    stored = json.loads(json.dumps(layer_metrics(1.5, None)))
+    saved = save_stack(stack.float(), recipe, tmp_path / "ckpt", stored, stage="finetuned")
+    assert checkpoint_metrics(saved) == {"recipe": recipe.name,
+                                         "evaluations": {"finetuned": stored}}
+    monkeypatch.chdir(tmp_path)  # a checkpoint's figures go to ./plots/<its name> by default
+    paths = plot_runs([saved])
+    names = sorted(f"{n}.{s}" for n in ("depth_errors", "objective", "trajectories")
+                   for s in ("png", "pdf"))
+    assert sorted(p.name for p in paths) == names
+    assert all(p.parent == tmp_path / "plots" / "ckpt" and p.stat().st_size > 1000
+               for p in paths)
+    assert sorted(os.listdir(saved)) == ["config.json", "model.safetensors"]  # still loadable
+    assert main(["plot", str(saved), "--out", str(tmp_path / "figures")]) == 0
+    assert sorted(os.listdir(tmp_path / "figures")) == names
+
+    # Saved without metrics: evaluated on fresh test problems, as `blockwise eval` does.
+    bare = save_stack(stack.float(), recipe, tmp_path / "bare", stage="stacked")
+    assert checkpoint_metrics(bare) == {"recipe": recipe.name,
+                                        "evaluations": {"stacked": eval_checkpoint(bare)}}
+    assert plot_runs([saved, bare]) == [tmp_path / "compare.png", tmp_path / "compare.pdf"]
 
 
 def test_plot_runs_names_a_directory_that_is_not_a_run(tmp_path, capsys):

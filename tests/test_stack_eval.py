@@ -4,16 +4,17 @@ JSON, and the Metrics merged as two processes' states would be."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
-import types
 
 import pytest
 import torch
 from identity_stack import identity_blocks
 
 from blockwise import problems, teachers
+from blockwise.build import build_codec, new_block
 from blockwise.codec import make_codec
 from blockwise.config import recipe_from_dict, recipe_to_dict
 from blockwise.evaluation import (
@@ -21,13 +22,15 @@ from blockwise.evaluation import (
     ProgressRatio,
     eval_checkpoint,
     evaluate_stack,
+    format_table,
     quantiles,
+    stack_eval,
+    teacher_forced_errors,
 )
 from blockwise.model import ReadIO
 from blockwise.rollout import Trajectory, rollout
 from blockwise.stack import Stack
-from blockwise.teachers.nelder_mead import BRANCHES
-from blockwise.training.pretrain import build_codec, new_block
+from blockwise.teachers.nelder_mead import BRANCHES, NelderMead
 
 B, K = 64, 3
 RECIPE = recipe_from_dict({"steps": K, "block": {"width": 32, "heads": 4}})
@@ -190,6 +193,67 @@ def test_diverged_problems_are_left_out_and_blowups_count_as_infinite(data):
     assert result["teacher_forced"]["simplex"]["p90"][1] == BIG
 
 
+def test_the_per_block_table_is_evaluate_stacks_teacher_forced_error(data):
+    problem, traj = data
+    diverged = traj.diverged.clone()
+    diverged[2:, :5] = True  # left out of layers 2 and 3
+    traj = Trajectory(traj.states, traj.extras, diverged)
+    trained, untrained = make_stack(problem, identity_blocks(RECIPE)), make_stack(problem)
+    trained.eval()
+    untrained.train()
+    rows = teacher_forced_errors({"trained": trained, "untrained": untrained}, problem, traj)
+    assert untrained.training and not trained.training  # handed back as they came
+    evaluated = {"trained": evaluate_stack(trained, problem, traj),
+                 "untrained": evaluate_stack(untrained, problem, traj)}
+    with torch.no_grad():
+        forced = untrained.teacher_forced(problem, traj)
+    assert [r["layer"] for r in rows] == [1, 2, 3]
+    assert [r["count"] for r in rows] == [B, B - 5, B - 5]
+    for k, row in enumerate(rows, start=1):
+        kept = ~diverged[k]
+        for f in ("simplex", "fvals"):
+            by_label = row["fields"][f]
+            assert list(by_label) == ["trained", "untrained", "identity"]
+            for label, result in evaluated.items():
+                for name in ("median", "p10", "p90"):  # one measure: the same floats
+                    assert by_label[label][name] == result["teacher_forced"][f][name][k - 1]
+            e = error(forced[k - 1][f], traj[k][f], traj[k - 1][f])[kept]
+            assert by_label["untrained"] == pytest.approx(summary(e) | {"count": len(e)},
+                                                          rel=1e-12)
+            assert by_label["identity"] == {"median": 1.0, "p10": 1.0, "p90": 1.0,
+                                            "count": B if k == 1 else B - 5}
+    table = format_table(rows).splitlines()
+    assert table[0].split() == ["block", "field", "trained", "untrained", "identity"]
+    median = rows[2]["fields"]["fvals"]["untrained"]["median"]
+    assert table[-1].split()[:2] == ["3", "fvals"] and f"{median:.3g}" in table[-1].split()
+    with pytest.raises(ValueError, match="identity"):
+        teacher_forced_errors({"identity": trained}, problem, traj)
+
+
+@dataclasses.dataclass(frozen=True)
+class Relabelled(NelderMead):
+    """Nelder–Mead with other branch names: evaluation must follow the declaration."""
+
+    branches = tuple(f"b{code}" for code in range(len(BRANCHES)))
+
+
+def test_errors_are_split_by_the_branches_a_teacher_declares(data):
+    problem, traj = data
+    stack = make_stack(problem)
+    stack.codec.teacher = Relabelled()
+    result = evaluate_stack(stack, problem, traj)
+    assert list(result["branches"]) == list(Relabelled.branches)
+    for k in range(1, K + 1):
+        counts = [result["branches"][b]["simplex"]["count"][k - 1] for b in Relabelled.branches]
+        assert counts == torch.bincount(traj.extras["branch"][k - 1], minlength=6).tolist()
+    gd = teachers.make("gradient_descent", lr=0.1)
+    gd_traj = rollout(gd, problem, problem.sample_x0(seed=1), 2)
+    codec = make_codec(gd, problem)
+    blocks = [new_block(RECIPE, k) for k in (1, 2)]
+    gd_stack = Stack(codec, ReadIO(codec.token_dim, RECIPE.block.width), blocks)
+    assert gd.branches == () and evaluate_stack(gd_stack, problem, gd_traj)["branches"] == {}
+
+
 def test_quantiles_agree_with_torch_and_take_inf_as_the_worst():
     x = torch.rand(101, dtype=torch.float64)
     ours = quantiles(x)
@@ -269,10 +333,9 @@ def test_metrics_merged_from_two_processes_equal_one_pass():
 def test_eval_checkpoint_reevaluates_a_saved_stack(data, monkeypatch):
     problem, _ = data
     stack = make_stack(problem)
-    fake = types.ModuleType("blockwise.checkpoints")
-    fake.read_config = lambda path: {"recipe": recipe_to_dict(RECIPE)}
-    fake.load_stack = lambda path: stack
-    monkeypatch.setitem(sys.modules, "blockwise.checkpoints", fake)
+    config = {"recipe": recipe_to_dict(RECIPE), "depth": K}
+    monkeypatch.setattr(stack_eval, "read_config", lambda path: config)
+    monkeypatch.setattr(stack_eval, "load_stack", lambda path: stack)
 
     result = eval_checkpoint("ckpt", problems=16, steps=K + 2)
     seed = RECIPE.data.test_seed

@@ -19,7 +19,8 @@ A checkpoint directory holds exactly two files.
     looped: whether one block is applied at all K layers (the file then holds one block).
     tensors: tensor name -> shape, so that a mismatch is reported by name.
     versions: the blockwise, torch and safetensors versions that wrote it (a record only).
-    metrics: the caller's metrics at save time (NaN and infinities stored as null), or null.
+    metrics: the caller's metrics at save time, as `blockwise.jsonable.to_jsonable` writes
+        them (NaN as null, +-inf as +-1.7976931348623157e+308), or null.
 
 `model.safetensors`: the stack's state_dict, named as `Stack` names it and `tensors` lists:
     readio.read_in.weight, readio.read_out.weight: the shared read-in/read-out;
@@ -28,10 +29,13 @@ A checkpoint directory holds exactly two files.
 Its safetensors metadata is {"format": "pt", "blockwise_format": "1", "stage": <stage>}.
 
 Every problem found on loading raises CheckpointError naming the file and the problem.
+Both files must be regular files (a FIFO, a device or a directory is refused unopened);
+config.json is read up to 16 MiB, and its sizes are bounded (`config.SIZES`: depth at most
+1024, dim 1024, ...) and checked against the tensors it lists before anything is built.
 Lightning's `.ckpt` files (pickles) are for resuming an interrupted run, never loaded here.
 
-`config` reads and checks config.json, `saveload` writes and rebuilds stacks, `atomic`
-replaces a directory all or nothing.
+`config` reads and checks config.json, `saveload` writes and rebuilds stacks (through
+`blockwise.files.replace_dir`, all or nothing).
 """
 
 from blockwise.checkpoints.config import FORMAT_VERSION, CheckpointError, read_config

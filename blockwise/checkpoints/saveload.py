@@ -7,6 +7,7 @@ stack from config.json alone, checks every tensor's name and shape, and loads st
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import safetensors
@@ -14,7 +15,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from blockwise import problems, teachers
-from blockwise.checkpoints.atomic import left_aside, replace_dir
 from blockwise.checkpoints.config import (
     CONFIG,
     FORMAT_VERSION,
@@ -22,19 +22,16 @@ from blockwise.checkpoints.config import (
     WEIGHTS,
     CheckpointError,
     describe,
+    open_regular,
     read_config,
 )
 from blockwise.codec import make_codec
 from blockwise.config import Recipe, recipe_from_dict, recipe_to_dict
+from blockwise.files import replace_dir
 from blockwise.model import Block, ReadIO
 from blockwise.stack import Stack
 
-PICKLES = (".ckpt", ".pt", ".pth", ".pkl", ".pickle", ".bin")
-NO_PICKLES = (
-    "blockwise never unpickles (loading a pickle can run arbitrary code), and Lightning .ckpt "
-    "files are for resuming training only; a stacked checkpoint is a directory holding "
-    f"{CONFIG} and {WEIGHTS}, written by blockwise.save_stack"
-)
+DIFF_LINES = 10
 
 
 def save_stack(
@@ -78,20 +75,15 @@ def save_stack(
 
 def load_stack(path: str | Path, device: str | torch.device = "cpu") -> Stack:
     """The stack saved in the directory `path`, its tensors on `device`, in eval mode."""
-    path = _checkpoint_dir(Path(path))
     config = read_config(path)
+    path = Path(path)
     stack = _skeleton(config, path / CONFIG)
     mismatch = _diff(config["tensors"], _shapes(stack.state_dict()))
     if mismatch:
         raise CheckpointError(path / CONFIG, "tensors does not match the model that codec, "
                                              f"block and depth describe: {mismatch}")
     weights = path / WEIGHTS
-    try:
-        state = load_file(weights, device=str(torch.device(device)))
-    except safetensors.SafetensorError as err:
-        raise CheckpointError(
-            weights, f"not a readable safetensors file, truncated or corrupt ({err})"
-        ) from None
+    state = _read_weights(weights, device)
     mismatch = _diff(_shapes(state), config["tensors"])
     if mismatch:
         raise CheckpointError(weights, f"tensors do not match {CONFIG}: {mismatch}")
@@ -99,6 +91,25 @@ def load_stack(path: str | Path, device: str | torch.device = "cpu") -> Stack:
     # tensors, with their dtype and device.
     stack.load_state_dict(state, strict=True, assign=True)
     return stack.eval()
+
+
+def _read_weights(file: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The tensors in the safetensors file `file`. safetensors checks the header's offsets
+    and shapes against the file; the header's own length is checked here, to say so plainly."""
+    with open_regular(file) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+    declared = int.from_bytes(head, "little") if len(head) == 8 else None
+    if declared is None or declared > size - 8:
+        found = "shorter than its 8-byte header length" if declared is None else (
+            f"its header declares {declared} bytes, the file holds {size - 8} after the length")
+        raise CheckpointError(file, f"not a safetensors file, truncated or corrupt: {found}")
+    try:
+        return load_file(file, device=str(torch.device(device)))
+    except safetensors.SafetensorError as err:
+        raise CheckpointError(
+            file, f"not a readable safetensors file, truncated or corrupt ({err})"
+        ) from None
 
 
 def _check_stack(stack: Stack, recipe: Recipe, config: dict) -> None:
@@ -155,33 +166,11 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, list[int]]:
 
 
 def _diff(found: dict[str, list], expected: dict[str, list]) -> str:
-    """Each tensor missing from `found`, unexpected in it or of the wrong shape; "" if none."""
+    """Each tensor missing from `found`, unexpected in it or of the wrong shape; "" if none.
+    At most DIFF_LINES of them: a hostile file may list a million names."""
     lines = [f"missing {n} {expected[n]}" for n in expected if n not in found]
-    lines += [f"unexpected {n} {found[n]}" for n in found if n not in expected]
+    lines += [f"unexpected {n[:80]} {found[n]}" for n in found if n not in expected]
     lines += [f"{n} has shape {found[n]}, expected {expected[n]}"
               for n in found if n in expected and found[n] != expected[n]]
-    return "; ".join(lines)
-
-
-def _checkpoint_dir(path: Path) -> Path:
-    """`path` if it is a directory holding both files; else an error saying what is wrong."""
-    if path.suffix.lower() in PICKLES and not path.is_dir():
-        raise CheckpointError(path, f"refusing to load a {path.suffix} file: {NO_PICKLES}")
-    if not path.exists():
-        aside = left_aside(path)
-        hint = f"; an interrupted save left the previous one at {aside}" if aside else ""
-        raise CheckpointError(path, f"no such checkpoint directory{hint}")
-    if not path.is_dir():
-        raise CheckpointError(path, f"expected a directory holding {CONFIG} and {WEIGHTS}")
-    missing = [name for name in (CONFIG, WEIGHTS) if not (path / name).is_file()]
-    if missing:
-        present = sorted(p.name for p in path.iterdir())
-        pickles = [name for name in present if Path(name).suffix.lower() in PICKLES]
-        if pickles:
-            raise CheckpointError(
-                path, f"holds {', '.join(pickles)} but no {' or '.join(missing)}: {NO_PICKLES}"
-            )
-        raise CheckpointError(
-            path, f"missing {', '.join(missing)} (it holds {', '.join(present) or 'nothing'})"
-        )
-    return path
+    more = [f"and {len(lines) - DIFF_LINES} more"] if len(lines) > DIFF_LINES else []
+    return "; ".join(lines[:DIFF_LINES] + more)

@@ -15,8 +15,10 @@ Serves "cma_es". Tokens, after the problem tokens (in_context mode only):
 Slots: type, one, index (n), coords (n), f (1, oracle mode only), sigma (1), p_sigma (n),
 generation (1), p_c (n), C (n), then one group per problem token group. The candidates are the
 ones `CMAES.step` samples (`CMAES.candidates`): the draws come from the state's key, so they are
-an input, not something to emulate. Candidates carry no index: the update does not depend on
-their order, only on their f ranks.
+an input, not something to emulate. An emulated C that is not positive definite is sampled
+from its nearest positive semi-definite matrix (the teacher would give NaN), and the points'
+gradient in C stays finite at repeated eigenvalues (fine-tuning trains through them).
+Candidates carry no index: the update does not depend on their order, only on their f ranks.
 
 Objective modes: in_context leaves the candidates' f out, so the network must evaluate f at
 each of them from the problem tokens and rank them. oracle gives each candidate's f, and the
@@ -95,7 +97,10 @@ class CMACodec(Codec):
 
     def _inputs(self, state: State, objective: Objective) -> dict[str, Tensor]:
         """candidates (B, lambda, n) and, where the tokens or the frame need them, f (B, lambda)."""
-        x = self.teacher.candidates(state)
+        # An emulated C may leave the positive definite cone; sampling from its nearest
+        # positive semi-definite matrix gives the next block finite points (and finite
+        # gradients) where the teacher's NaN would poison the batch's loss.
+        x = self.teacher.candidates(state, project=True)
         if self.mode == "oracle" or self.framed:
             return {"candidates": x, "f": evaluate(objective, x).to(x.dtype)}
         return {"candidates": x}

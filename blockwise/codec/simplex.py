@@ -19,11 +19,11 @@ group per problem token group. The vertex index one-hot gives each token its ran
 comparisons f_r < f_0, f_r < f_{j-1}, f_r < f_j need.
 
 Objective modes: in_context gives the current vertices and their f, and the network must compute
-f at whatever points it moves to. oracle computes every trial point and shrink point here, with
-the teacher's own expressions (so they are the same floats), evaluates them, and gives them as
-tokens: the next simplex is then a selection of tokens (sorted), and the problem tokens are left
-out. Trial points follow the teacher's rules and coefficients (scipy's, Gao & Han's adaptive
-ones, or Lee & Wiswall's).
+f at whatever points it moves to. oracle computes every trial point and shrink point here, by the
+teacher's own `trial_points` (its rules and coefficients: scipy's, Gao & Han's adaptive ones, or
+Lee & Wiswall's; so they are the same floats the step evaluates), evaluates them, and gives them
+as tokens: the next simplex is then a selection of tokens (sorted), and the problem tokens are
+left out.
 
 Frame: centre = the best vertex v_0, scale = max_i ||v_i - v_0||_inf, f_shift = f_0,
 f_scale = f_n - f_0 (both floored at float resolution, see `frame.floor`), so the input simplex
@@ -45,8 +45,8 @@ from blockwise.codec.base import Codec, Encoded, Placement
 from blockwise.codec.layout import Segment
 from blockwise.problems import Frame, Objective, evaluate
 from blockwise.teachers.base import State
-from blockwise.teachers.nelder_mead import centroid, coefficients, sort_simplex
-from blockwise.teachers.parallel_nelder_mead import ALPHA, BETA, GAMMA, TAU, ParallelNelderMead
+from blockwise.teachers.nelder_mead import sort_simplex
+from blockwise.teachers.parallel_nelder_mead import ParallelNelderMead
 
 TRIALS = {
     "reflect": "reflection xr of a moved vertex",
@@ -54,38 +54,6 @@ TRIALS = {
     "contract_out": "outside contraction xc",
     "contract_in": "inside contraction xcc",
 }
-
-
-def trial_points(simplex: Tensor, parallelism: int, rules: str, adaptive: bool) -> dict:
-    """Every point a step of the sorted simplex (B, n+1, n) can move a vertex to.
-
-    Returns kind -> points: the TRIALS kinds (B, P, n) for the P worst vertices, worst last;
-    "shrink" (B, n, n) for vertices 1..n; with rules="paper" also "shrink_reflect" (B, P, n).
-    The expressions are the teachers' own, so each point is bitwise the one the step evaluates.
-    """
-    n = simplex.shape[-1]
-    keep = n + 1 - parallelism
-    xbar = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
-    worst = simplex[:, keep:]  # (B, P, n)
-    best = simplex[:, :1]
-    if rules == "scipy":
-        rho, chi, psi, sigma = coefficients(n, adaptive)
-        return {
-            "reflect": (1 + rho) * xbar - rho * worst,
-            "expand": (1 + rho * chi) * xbar - rho * chi * worst,
-            "contract_out": (1 + psi * rho) * xbar - psi * rho * worst,
-            "contract_in": (1 - psi) * xbar + psi * worst,
-            "shrink": best + sigma * (simplex[:, 1:] - best),
-        }
-    ar = xbar + ALPHA * (xbar - worst)
-    return {
-        "reflect": ar,
-        "expand": ar + GAMMA * (ar - xbar),
-        "contract_out": xbar + BETA * (ar - xbar),
-        "contract_in": xbar + BETA * (worst - xbar),
-        "shrink": TAU * best + (1 - TAU) * simplex[:, 1:],
-        "shrink_reflect": TAU * best + (1 - TAU) * ar,
-    }
 
 
 class SimplexCodec(Codec):
@@ -135,8 +103,7 @@ class SimplexCodec(Codec):
         """Oracle mode: trial and shrink points (B, count, n) and, under "f_" + kind, their f."""
         if self.mode != "oracle":
             return {}
-        adaptive = self.teacher.adaptive
-        points = trial_points(state["simplex"], self.parallelism, self.rules, adaptive)
+        points = self.teacher.trial_points(state["simplex"])
         stacked = torch.cat(list(points.values()), dim=1)
         f = evaluate(objective, stacked).to(stacked.dtype)  # one call for all of them
         counts = [x.shape[1] for x in points.values()]

@@ -26,13 +26,14 @@ from blockwise.config.schema import (
     FinetuneConfig,
     ProblemConfig,
     Recipe,
+    StageConfig,
     TeacherConfig,
     TrainConfig,
 )
 
 __all__ = [
     "BlockConfig", "CodecConfig", "DataConfig", "EvalConfig", "FinetuneConfig", "ProblemConfig",
-    "Recipe",
-    "RecipeError", "TeacherConfig", "TrainConfig", "describe_recipe", "dump_recipe", "load_recipe",
-    "recipe_from_dict", "recipe_to_dict", "save_recipe", "saved_recipe",
+    "Recipe", "RecipeError", "StageConfig", "TeacherConfig", "TrainConfig", "describe_recipe",
+    "dump_recipe", "load_recipe", "recipe_from_dict", "recipe_to_dict", "save_recipe",
+    "saved_recipe",
 ]

@@ -14,7 +14,9 @@ from blockwise.config.schema import Recipe
 HEADER = """\
 A recipe is a YAML mapping of the keys below; every key may be omitted and takes the default
 shown. Override any of them on the command line with --set key.path=value (the value is YAML).
-An unknown key, a wrong type or an impossible value stops before any work, with exit code 2."""
+An unknown key, a wrong type or an impossible value stops before any work, with exit code 2,
+and so does a recipe whose rollout and weights could not fit in this machine's memory. Numbers
+are written as usual (1e-3, 0x10, 1_000); YAML 1.1's base 60 (1:30) and octal (010) are not."""
 
 
 def describe_recipe() -> str:

@@ -14,6 +14,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -21,9 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from blockwise import problems, teachers
+from blockwise.codec import make_codec
 from blockwise.config.schema import Check, Recipe
 
 
@@ -34,6 +37,9 @@ class RecipeError(ValueError):
     """
 
     def __init__(self, file: str | Path, key_path: str, message: str):
+        # Key paths and messages quote the recipe, which may hold a key or a value of any
+        # length: clipped, so that an error stays one readable line.
+        key_path, message = clip(key_path, 200), clip(message, 500)
         self.file, self.key_path, self.message = str(file), key_path, message
         super().__init__(self.file, key_path, message)  # these args, so that it pickles
 
@@ -41,40 +47,88 @@ class RecipeError(ValueError):
         return ": ".join(part for part in (self.file, self.key_path, self.message) if part)
 
 
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to at most `limit` characters with an ellipsis if longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that 1e-3 is a float: YAML 1.1 wants a dot (1.0e-3) and
-    PyYAML would hand a learning rate written the usual way over as a string."""
+    """PyYAML's safe loader with numbers as a user means them: 1e-3 is a float (YAML 1.1 wants
+    1.0e-3 and PyYAML would hand a learning rate written the usual way over as a string), and
+    YAML 1.1's base 60 (1:30 is 90) and leading-zero octal (010 is 8) are not numbers, so an
+    int or float field refuses them instead of taking a value nobody wrote."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
 
+# Each alternative needs a digit: PyYAML's constructors fail outside YAMLError on "0x_" or "._".
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    _INT,
+    re.compile(
+        r"""^(?:[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0b[01_]*[01][01_]*
+        |[-+]?0x[0-9a-fA-F_]*[0-9a-fA-F][0-9a-fA-F_]*)$""",
+        re.X,
+    ),
     list("-+0123456789"),
 )
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.[0-9_]*[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+# An alias repeats a value without copying it, so a few lines of anchors can stand for billions
+# of values: a recipe needs a few hundred, so anything past these limits is refused unexpanded.
+MAX_VALUES = 10_000
+MAX_DEPTH = 32
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """The recipe in YAML file `path`, with `key.path=value` overrides applied in order.
 
-    Omitted fields take their defaults; a file without `name` is named after the file.
+    Omitted fields take their defaults; a file without `name` is named after the file. A
+    recipe to run must fit in this machine's memory (`recipe_from_dict`, which also reads the
+    recipes that runs and checkpoints saved, does not ask: loading a stack rolls nothing out).
     """
     overrides = list(overrides)
     data = _read(path)
     for override in overrides:
         _apply(data, override, path)
+    named_after_file = "name" not in data
     data.setdefault("name", Path(path).stem)
     try:
-        return recipe_from_dict(data, path)
+        recipe = recipe_from_dict(data, path)
+        _check_memory(recipe, str(path))
+        return recipe
     except RecipeError as err:
         culprits = [o for o in overrides if _related(o.partition("=")[0], err.key_path)]
-        if not culprits:
+        if culprits:
+            source = f"from --set {clip(culprits[-1], 100)}"
+        elif named_after_file and err.key_path == "name":
+            source = "the file's name; give the recipe a name: key"
+        else:
             raise
-        message = f"{err.message} (from --set {culprits[-1]})"
-        raise RecipeError(path, err.key_path, message) from None
+        raise RecipeError(path, err.key_path, f"{err.message} ({source})") from None
 
 
 def recipe_from_dict(data: Any, file: str | Path = "<recipe>") -> Recipe:
     """The recipe described by a mapping as YAML gives it; errors name `file`."""
+    for key, value in data.items() if isinstance(data, dict) else [("", data)]:
+        _check_size(value, str(file), str(key))
     return _resolve(_build(Recipe, data, "", str(file)), str(file))
 
 
@@ -82,16 +136,30 @@ def recipe_from_dict(data: Any, file: str | Path = "<recipe>") -> Recipe:
 # (not today's default): filled into a saved, resolved recipe that lacks them.
 ADDED_LATER = {("finetune", "objective"): "frame_mse"}
 
+# Fields removed because they did nothing, with the value every saved recipe holds: dropped from
+# a saved recipe that holds it. A recipe that sets one is refused with the reason.
+REMOVED = {
+    ("finetune", "workers"): (
+        1, "not a setting: fine-tuning trains the whole stack in one process (train.workers "
+        "sets how many blocks pretrain at once)",
+    ),
+}
+
 
 def saved_recipe(data: Any) -> Any:
     """A resolved recipe as a run directory or checkpoint saved it (a mapping), with the
-    fields it predates filled in as `ADDED_LATER` says."""
+    fields it predates filled in as `ADDED_LATER` says and those `REMOVED` since dropped."""
     if not isinstance(data, dict):
         return data
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for (section, key), value in ADDED_LATER.items():
         if isinstance(data.get(section), dict):
             data[section].setdefault(key, value)
+    for (section, key), (value, _) in REMOVED.items():
+        fields = data.get(section)
+        if isinstance(fields, dict) and type(fields.get(key)) is type(value):
+            if fields[key] == value:
+                del fields[key]
     return data
 
 
@@ -124,11 +192,9 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise RecipeError(path, "", "no such file") from None
     except (OSError, UnicodeDecodeError) as err:  # a directory, unreadable, not text
         raise RecipeError(path, "", f"cannot read: {err}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        raise RecipeError(path, "", f"not valid YAML: {err}") from None
+    data = _parse(text, path, "")
     if not isinstance(data, dict):
+        _check_size(data, str(path), "")
         raise RecipeError(path, "", f"expected a mapping of recipe keys, got {_show(data)}")
     return data
 
@@ -141,11 +207,8 @@ def _apply(data: dict[str, Any], override: str, file: str | Path) -> None:
         raise RecipeError(
             file, f"--set {override}", "expected KEY.PATH=VALUE, e.g. --set train.lr=3e-4"
         )
-    try:
-        value = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        why = getattr(err, "problem", None) or err
-        raise RecipeError(file, key, f"not valid YAML: {why} (from --set {override})") from None
+    value = _parse(text, file, key, f" (from --set {clip(override, 100)})")
+    _check_size(value, str(file), key)
     node = data
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
@@ -153,6 +216,43 @@ def _apply(data: dict[str, Any], override: str, file: str | Path) -> None:
             where = ".".join(parts[: i + 1])
             raise RecipeError(file, where, f"is not a section (from --set {override})")
     node[parts[-1]] = value
+
+
+def _parse(text: str, file: str | Path, key_path: str, source: str = "") -> Any:
+    """YAML `text` (a file's or a `--set` value), with `source` appended to any error."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        # A --set value is one line, where the problem alone says it; a file's needs the mark.
+        why = (getattr(err, "problem", None) if source else None) or err
+        message = f"not valid YAML: {why}"
+    # PyYAML lets some errors out as others: a date like 2024-13-01 or an int of more than
+    # 4300 digits as ValueError, deep nesting ([[[[...) as RecursionError while composing.
+    except ValueError as err:
+        message = f"not valid YAML: {err}"
+    except RecursionError:
+        message = "not valid YAML: nested too deeply"
+    raise RecipeError(file, key_path, message + source)
+
+
+def _check_size(value: Any, file: str, where: str) -> None:
+    """Refuse a value of more than MAX_VALUES values or MAX_DEPTH levels, counted with YAML
+    aliases expanded, without expanding them (an alias bomb stops after MAX_VALUES steps, a
+    value that contains itself too)."""
+    todo, count = [(value, 0)], 0
+    while todo:
+        item, depth = todo.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise RecipeError(
+                file, where, f"too large: more than {MAX_VALUES} values or {MAX_DEPTH} levels "
+                "with aliases expanded (a recipe needs a few hundred; write it out without "
+                "anchors and aliases)",
+            )
+        if isinstance(item, dict):
+            todo += [(child, depth + 1) for child in itertools.chain(item, item.values())]
+        elif isinstance(item, (list, tuple)):
+            todo += [(child, depth + 1) for child in item]
 
 
 def _related(a: str, b: str) -> bool:
@@ -171,7 +271,8 @@ def _build(cls: type, data: Any, path: str, file: str, base: Any = None) -> Any:
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise RecipeError(file, where, _unknown(key, fields))
+            removed = REMOVED.get((path, key))
+            raise RecipeError(file, where, removed[1] if removed else _unknown(key, fields))
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             values[key] = _build(tp, value, where, file, fields[key].default_factory())
@@ -245,8 +346,13 @@ def _type_words(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value as the recipe's author would write it: null, true, "text"."""
-    return json.dumps(value, default=repr)
+    """A value as the recipe's author would write it (null, true, "text"), cut to 200
+    characters."""
+    try:
+        text = json.dumps(value, default=repr)
+    except TypeError:  # a key JSON cannot write, such as a YAML date
+        text = repr(value)
+    return clip(text, 200)
 
 
 def _resolve(recipe: Recipe, file: str) -> Recipe:
@@ -270,13 +376,19 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
         teacher.init(problem, problem.sample_x0(seed=d.train_seed, radius=p.x0_radius))
     except (TypeError, ValueError) as err:
         raise RecipeError(file, "teacher.settings", str(err)) from None
+    try:
+        codec = make_codec(teacher, problem, mode=recipe.codec.mode, frame=recipe.codec.frame)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(file, "codec", str(err)) from None
     for stage in ("train", "finetune"):
-        unknown = sorted(set(getattr(recipe, stage).loss_weights) - set(teacher.state_fields))
+        unknown = [k for k in getattr(recipe, stage).loss_weights if k not in codec.learned_fields]
         if unknown:
+            not_learned = [k for k in teacher.state_fields if k not in codec.learned_fields]
             raise RecipeError(
                 file, f"{stage}.loss_weights",
-                f"unknown field(s) {', '.join(unknown)}; "
-                f"{t.name}'s state has {', '.join(teacher.state_fields)}",
+                f"unknown field(s) {', '.join(unknown)}; {t.name}'s codec learns "
+                f"{', '.join(codec.learned_fields)} (and carries "
+                f"{', '.join(not_learned) or 'nothing'} over unlearned)",
             )
     f = recipe.finetune
     if f.freeze_blocks_epochs and not f.train_readio:
@@ -302,3 +414,40 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
         problem=dataclasses.replace(p, settings=dict(problem.settings)),
         teacher=dataclasses.replace(t, settings=dataclasses.asdict(teacher)),
     )
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows), or no such name
+        return None
+
+
+def _check_memory(recipe: Recipe, file: str) -> None:
+    """Refuse a recipe whose run could not fit in this machine's memory, estimated from one
+    problem and its teacher's first state: every problem's parameters and K + 1 states (the
+    three sets are rolled out and held together), and the stack's weights with their gradients
+    and Adam's two moments (fine-tuning trains all K blocks at once). A lower bound, so that a
+    recipe refused here could never run."""
+    p, d, b = recipe.problem, recipe.data, recipe.block
+    problem = problems.make(p.family, batch=1, dim=p.dim, seed=d.train_seed, **p.settings)
+    x0 = problem.sample_x0(seed=d.train_seed, radius=p.x0_radius)
+    state = teachers.make(recipe.teacher.name, **recipe.teacher.settings).init(problem, x0)
+    count = d.train_problems + d.val_problems + d.test_problems
+    per_problem = _bytes(problem.params.values()) + (recipe.steps + 1) * _bytes(state.values())
+    weights = recipe.steps * (4 + 2 * b.mlp_ratio) * b.width**2 * 4 * 4  # float32, 4 copies
+    need, have = int(count * per_problem + weights), physical_memory()
+    if have is not None and need > have:
+        raise RecipeError(
+            file, "data",
+            f"needs about {need // 2**20} MiB (problems {count} x (steps + 1) states of "
+            f"{_bytes(state.values())} bytes, and the blocks' weights), more than this "
+            f"machine's {have // 2**20} MiB of memory; lower data.train_problems, "
+            "data.val_problems, data.test_problems, steps, problem.dim or block.width",
+        )
+
+
+def _bytes(tensors: Iterable[Any]) -> int:
+    """Bytes per problem of tensors with a batch dimension of one."""
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))

@@ -12,6 +12,7 @@ on 4096 problems, sized to train on 2 CPU cores in under 3 minutes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -35,6 +36,10 @@ def above(low: float) -> Check:
     return Check(lambda v: v > low, f"> {low}")
 
 
+def between(low: float, high: float) -> Check:
+    return Check(lambda v: low <= v <= high, f">= {low} and <= {high}")
+
+
 def one_of(registry: dict[str, Any]) -> Check:
     # The words list the registry as imported; a name registered later still passes `ok`.
     return Check(lambda v: v in registry, f"naming one of {', '.join(sorted(registry))}")
@@ -42,6 +47,25 @@ def one_of(registry: dict[str, Any]) -> Check:
 
 # Seeds reach Lightning's seed_everything, which wants an unsigned 32-bit int.
 SEED = Check(lambda v: 0 <= v < 2**32, "in [0, 2^32)")
+
+# A run writes to runs/<name>: a name must stay one plain directory name on every system.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+SAFE_NAME = Check(
+    lambda v: NAME.fullmatch(v) is not None,
+    "of 1 to 100 ASCII letters, digits, '.', '_', '+' or '-', the first a letter or digit "
+    "(a run writes to runs/<name>)",
+)
+
+# Upper bounds on sizes, so that a typo fails at validation instead of exhausting memory. Each
+# lies far above what a study of emulated optimizer steps needs (the shipped recipes: n <= 10,
+# K <= 12, 65536 problems, width 128); the field docs give the reasons, and the loader also
+# refuses a recipe whose rollout could not fit in this machine's memory.
+MAX_DIM = 256
+MAX_STEPS = 10_000
+MAX_PROBLEMS = 2**24
+MAX_WIDTH = 8192
+MAX_HEADS = 1024
+MAX_MLP_RATIO = 64
 
 
 def setting(default: Any, doc: str, check: Check | None = None) -> Any:
@@ -67,7 +91,12 @@ class ProblemConfig:
         "quadratic", "Objective family, a key of blockwise.problems.REGISTRY.",
         one_of(problems.REGISTRY),
     )
-    dim: int = setting(2, "n, the dimension of the search space.", at_least(1))
+    dim: int = setting(
+        2, f"n, the dimension of the search space. At most {MAX_DIM}: the codecs spend a token "
+        "per coordinate or per vertex, a quadratic an n x n matrix per problem, and validation "
+        "itself starts the teacher on one problem (a simplex of n + 1 points).",
+        between(1, MAX_DIM),
+    )
     settings: dict[str, Any] = setting(
         {}, "The family's settings (e.g. condition for quadratic); omitted ones take the "
         "family's defaults, and the resolved recipe lists them all."
@@ -105,10 +134,16 @@ class CodecConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BlockConfig:
-    width: int = setting(64, "d_model, the width of the token vectors inside a block.", at_least(1))
-    heads: int = setting(4, "Attention heads; must divide width.", at_least(1))
+    width: int = setting(
+        64, "d_model, the width of the token vectors inside a block. A block has about "
+        f"(4 + 2 mlp_ratio) width^2 weights: at most {MAX_WIDTH} keeps one block in memory.",
+        between(1, MAX_WIDTH),
+    )
+    heads: int = setting(4, "Attention heads; must divide width.", between(1, MAX_HEADS))
     mlp_ratio: float = setting(
-        4.0, "MLP hidden width / width; 0 means no MLP (an attention-only block).", at_least(0)
+        4.0, "MLP hidden width / width; 0 means no MLP (an attention-only block). At most "
+        f"{MAX_MLP_RATIO}, for the same reason as width.",
+        between(0, MAX_MLP_RATIO),
     )
     norm: Literal["pre", "post", "none"] = setting(
         "pre", "Layer norm before each sublayer (pre), after the residual sum (post), or none."
@@ -123,10 +158,15 @@ class BlockConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    train_problems: int = setting(4096, "Problems rolled out for training.", at_least(1))
-    val_problems: int = setting(512, "Problems rolled out for validation.", at_least(1))
+    train_problems: int = setting(
+        4096, "Problems rolled out for training. Every set is at most 2^24 (16.7 M), and the "
+        "three sets' rollouts together must fit in memory.", between(1, MAX_PROBLEMS),
+    )
+    val_problems: int = setting(
+        512, "Problems rolled out for validation.", between(1, MAX_PROBLEMS)
+    )
     test_problems: int = setting(
-        1024, "Held-out problems every reported number is measured on.", at_least(1)
+        1024, "Held-out problems every reported number is measured on.", between(1, MAX_PROBLEMS)
     )
     train_seed: int = setting(0, "Seed of the training problems.", SEED)
     val_seed: int = setting(
@@ -139,7 +179,9 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class StageConfig:
+    """The optimization settings that pretraining and fine-tuning share."""
+
     max_epochs: int = setting(10, "Epochs over the training pairs; 0 skips the stage.", at_least(0))
     batch_size: int = setting(
         256, "Examples per optimizer step (per device): one-step pairs in pretraining, whole "
@@ -159,8 +201,10 @@ class TrainConfig:
         1.0, "Gradient norm clipping threshold; 0 turns it off.", at_least(0)
     )
     loss_weights: dict[str, float] = setting(
-        {}, "Weight of each teacher state field in the loss (e.g. simplex: 1, fvals: 0.1); "
-        "fields not named weigh 1.", Check(lambda d: all(w >= 0 for w in d.values()), ">= 0")
+        {}, "Weight of each field the codec learns in the loss (e.g. simplex: 1, fvals: 0.1); "
+        "fields not named weigh 1. Bookkeeping fields (nfev, step, generation, ...) are "
+        "carried over, not learned, and cannot be weighed.",
+        Check(lambda d: all(w >= 0 for w in d.values()), ">= 0"),
     )
     accelerator: str = setting("auto", "Lightning accelerator: auto, cpu, gpu, mps, ...")
     devices: Literal["auto"] | int = setting(
@@ -175,14 +219,19 @@ class TrainConfig:
     deterministic: bool = setting(
         False, "Lightning's deterministic mode (on GPU it needs CUBLAS_WORKSPACE_CONFIG)."
     )
-    workers: int = setting(
-        1, "Blocks trained at once, each in its own process (pretraining only).", at_least(1)
-    )
     log_every_n_steps: int = setting(50, "Optimizer steps between logged metrics.", at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig(TrainConfig):
+class TrainConfig(StageConfig):
+    workers: int = setting(
+        1, "Blocks trained at once, each in its own process. Fine-tuning trains the whole "
+        "stack in one process and has no such setting.", at_least(1)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(StageConfig):
     objective: Literal["log_normalized", "frame_mse"] = setting(
         "log_normalized", "log_normalized: per layer and field, the mean over problems of "
         "log(1+e^2), e the normalized emulation error of the decoded state, as evaluation "
@@ -223,12 +272,13 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str = setting(
-        "recipe", "Run name; a recipe file that omits it is named after the file.",
-        Check(lambda v: v != "" and "/" not in v, "that is non-empty and has no '/'"),
+        "recipe", "Run name, the directory under runs/; a recipe file that omits it is named "
+        "after the file.", SAFE_NAME,
     )
     seed: int = setting(0, "Global seed of training (initial weights, shuffling).", SEED)
     steps: int = setting(
-        5, "K, the teacher steps emulated = the number of blocks stacked.", at_least(1)
+        5, f"K, the teacher steps emulated = the number of blocks stacked. At most {MAX_STEPS}: "
+        "the rollout holds K + 1 states of every problem.", between(1, MAX_STEPS),
     )
     out: str | None = setting(
         None, "Output directory; null means runs/<name>. Validation never creates it."

@@ -1,6 +1,6 @@
 """Measurements: normalized emulation errors, their summaries, and a whole stack's evaluation."""
 
-from blockwise.evaluation.errors import normalized_error, summarize
+from blockwise.errors import normalized_error
 from blockwise.evaluation.metrics import (
     LayerErrors,
     LayerQuantiles,
@@ -8,8 +8,11 @@ from blockwise.evaluation.metrics import (
     breakdown_depth,
     progress_ratio,
     quantiles,
+    summarize,
 )
-from blockwise.evaluation.stack_eval import eval_checkpoint, evaluate_stack, to_jsonable
+from blockwise.evaluation.stack_eval import eval_checkpoint, evaluate_stack
+from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
+from blockwise.jsonable import to_jsonable
 
 __all__ = [
     "LayerErrors",
@@ -18,9 +21,11 @@ __all__ = [
     "breakdown_depth",
     "eval_checkpoint",
     "evaluate_stack",
+    "format_table",
     "normalized_error",
     "progress_ratio",
     "quantiles",
     "summarize",
+    "teacher_forced_errors",
     "to_jsonable",
 ]

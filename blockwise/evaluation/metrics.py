@@ -50,6 +50,13 @@ def quantiles(values: Tensor) -> dict[str, Tensor]:
     return dict(zip(QUANTILES, result.unbind(), strict=True))
 
 
+def summarize(errors: Tensor) -> dict[str, float]:
+    """Median, 10th and 90th percentile of (B,) errors (inf kept as the worst, NaN left out,
+    as `quantiles`), and how many counted."""
+    valid = errors[~errors.isnan()]
+    return {name: q.item() for name, q in quantiles(valid).items()} | {"count": valid.numel()}
+
+
 class LayerQuantiles(Metric):
     """Per-problem values of several series at each layer, summarized per series and layer.
 

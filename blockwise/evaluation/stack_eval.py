@@ -18,10 +18,11 @@ The result, a LayerMetrics dict, over the B test problems for layers k = 1..L:
       "branches": {branch: {field: {"median": [L], "count": [L]}}} or {},
     }
 
-teacher_forced: block k on the teacher's s_{k-1} against s_k. rollout: the stack run from s_0,
+teacher_forced: block k on the teacher's s_{k-1} against s_k (`teacher_forced.one_step_errors`,
+the one definition the per-block table at pretraining shares). rollout: the stack run from s_0,
 layer k's state against s_k. identity_rollout: the "do nothing" stack, s_0 held, against s_k.
-All three are the normalized error of `errors.normalized_error` (divided by ||s_k - s_{k-1}||,
-so the identity scores exactly 1 teacher-forced and at layer 1), per learned field, in original
+All three are the normalized error of `blockwise.errors` (divided by ||s_k - s_{k-1}||, so the
+identity scores exactly 1 teacher-forced and at layer 1), per learned field, in original
 coordinates on decoded states.
 
 objective: f(incumbent) - f* at layers 0..L (layer 0 is s_0 for both), f* = f at the family's
@@ -29,10 +30,11 @@ known minimizer, else the smallest f the teacher reached at s_0..s_K; clamped at
 logs are finite. progress_ratio: per problem log((f_0-f*)/(f~_k-f*)) / log((f_0-f*)/(f_k-f*)),
 1 = the teacher's progress, 0 = none, > 1 better, left out where the teacher made no progress.
 breakdown_depth: the first layer whose median rollout error of the primary field exceeds
-threshold (null if none). branches: Nelder–Mead teachers only, the teacher-forced error at layer
-k split by the branch (`nelder_mead.BRANCHES`) the teacher took in step k, with the number of
-problems counted; for parallel NM, whose branch is one code per moved vertex, by the code of the
-worst vertex. A problem done by a convergence test (code -1) is in no branch.
+threshold (null if none). branches: for a teacher that declares branches (`Teacher.branches`,
+Nelder–Mead's), the teacher-forced error at layer k split by the branch the teacher took in step
+k, with the number of problems counted; where a step has one code per moved part (parallel NM's
+vertices, worst last), by the last. A problem in no branch (code -1, done by a
+convergence test) is left out of them.
 
 Problems that diverged in the teacher's trajectory (traj.diverged[k]) are left out at layer k,
 as are errors that are not defined (a field the teacher did not move). An emulated state that is
@@ -47,7 +49,6 @@ of all problems when each process of a distributed run evaluates a shard of them
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import torch
@@ -55,7 +56,10 @@ from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
 from blockwise import teachers
-from blockwise.evaluation.errors import emulation_error, normalized_error
+from blockwise.build import build_codec
+from blockwise.checkpoints import load_stack, read_config
+from blockwise.config import recipe_from_dict
+from blockwise.errors import emulation_error, normalized_error
 from blockwise.evaluation.metrics import (
     QUANTILES,
     LayerErrors,
@@ -63,12 +67,13 @@ from blockwise.evaluation.metrics import (
     ProgressRatio,
     breakdown_depth,
 )
+from blockwise.evaluation.teacher_forced import one_step_errors
+from blockwise.jsonable import to_jsonable
 from blockwise.problems import Problem, evaluate
 from blockwise.problems import make as sample_problems
 from blockwise.rollout import Trajectory, rollout
 from blockwise.stack import Stack
 from blockwise.teachers import State, Teacher
-from blockwise.teachers.nelder_mead import BRANCHES
 
 LayerMetrics = dict[str, Any]
 """The JSON-able result of `evaluate_stack`; the module docstring gives its keys."""
@@ -101,9 +106,8 @@ def evaluate_stack(
     forced, rolled, held = (LayerErrors(num, fields) for _ in range(3))
     objective = LayerQuantiles(num + 1, ["teacher", "emulated"], first_layer=0)
     progress = ProgressRatio(num)
-    branch, by_branch = traj.extras.get("branch"), None
-    if branch is not None:  # a Nelder-Mead teacher: errors split by the branch it took
-        by_branch = LayerErrors(num, [(b, f) for b in BRANCHES for f in fields])
+    branches = teacher.branches
+    by_branch = LayerErrors(num, [(b, f) for b in branches for f in fields]) if branches else None
     problems = SumMetric()  # B summed over the processes of a distributed evaluation
     problems.update(problem.batch_size)
 
@@ -118,17 +122,17 @@ def evaluate_stack(
         for k in range(1, num + 1):
             block, out = min(k, depth), traj.diverged[k]
             prev, target = traj[k - 1], traj[k]
-            one_step = stack.layer(block, prev, problem)
+            one_step = one_step_errors(stack, problem, traj, k, block)
             state = stack.layer(block, state, problem)
-            taken = _worst_branch(branch[k - 1]) if branch is not None else None
             for f in fields:
-                error = _leave_out(emulation_error(one_step[f], target[f], prev[f]), out)
-                forced.update(k, f, error)
+                forced.update(k, f, one_step[f])
                 rolled.update(k, f, _leave_out(emulation_error(state[f], target[f], prev[f]), out))
                 held.update(k, f, _leave_out(normalized_error(traj[0][f], target[f], prev[f]), out))
-                if by_branch is not None:
-                    for code, name in enumerate(BRANCHES):
-                        by_branch.update(k, (name, f), error[taken == code])
+            if by_branch is not None:
+                taken = _deciding_code(traj.extras["branch"][k - 1])
+                for code, name in enumerate(branches):
+                    for f in fields:
+                        by_branch.update(k, (name, f), one_step[f][taken == code])
             teacher_gap = _leave_out(objective_gap(problem, teacher, target, f_star), out)
             emulated_gap = _leave_out(objective_gap(problem, teacher, state, f_star), out)
             objective.update(k, "teacher", teacher_gap)
@@ -150,7 +154,7 @@ def evaluate_stack(
         "objective": _summaries(_layers(objective.compute())),
         "progress_ratio": _summary(_layers(progress.compute())),
         "breakdown_depth": breakdown_depth(rollout_errors[fields[0]]["median"], threshold),
-        "branches": _by_branch(_layers(by_branch.compute())) if by_branch is not None else {},
+        "branches": _by_branch(branches, _layers(by_branch.compute())) if branches else {},
     })
 
 
@@ -181,15 +185,17 @@ def _leave_out(values: Tensor, mask: Tensor) -> Tensor:
     return values.masked_fill(mask, math.nan)
 
 
-def _worst_branch(taken: Tensor) -> Tensor:
-    """(B,) the branch code of the step; parallel NM's (B, P), one code per moved vertex with
-    the worst last, gives the worst vertex's."""
+def _deciding_code(taken: Tensor) -> Tensor:
+    """(B,) the branch code a step's errors are split by: of (B, P) codes, one per moved part
+    (parallel NM's vertices, worst last), the last (`Teacher.branches`)."""
     return taken[:, -1] if taken.ndim == 2 else taken
 
 
-def _by_branch(results: dict[tuple[str, str], dict[str, Tensor]]) -> dict[str, dict]:
+def _by_branch(
+    branches: tuple[str, ...], results: dict[tuple[str, str], dict[str, Tensor]]
+) -> dict[str, dict]:
     """{(branch, field): result} -> {branch: {field: {"median", "count"}}}."""
-    out: dict[str, dict] = {name: {} for name in BRANCHES}
+    out: dict[str, dict] = {name: {} for name in branches}
     for (name, field), result in results.items():
         out[name][field] = {"median": result["median"], "count": result["count"]}
     return out
@@ -233,23 +239,6 @@ def _summaries(results: dict[str, dict[str, Tensor]]) -> dict[str, dict[str, Ten
     return {key: _summary(result) for key, result in results.items()}
 
 
-def to_jsonable(value: Any) -> Any:
-    """value with tensors and tuples as lists, dict keys as str, NaN as None and +-inf as
-    +-sys.float_info.max (strict JSON has neither; a blow-up must read as the worst value, not
-    as a missing one)."""
-    if isinstance(value, Tensor):
-        return to_jsonable(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, float) and math.isinf(value):
-        return math.copysign(sys.float_info.max, value)
-    return value
-
-
 def eval_checkpoint(
     path,
     family: str | None = None,
@@ -267,20 +256,21 @@ def eval_checkpoint(
             default settings, and its problem tokens must fill the same slots as the recipe's
             (in_context codecs differ between most families; oracle ones do not).
         dim: n; must be the recipe's (the token layout depends on n).
-        steps: the teacher steps rolled out and layers measured (default the recipe's K).
+        steps: the teacher steps rolled out and layers measured (default the stack's
+            depth, which a checkpoint's recipe.steps need not equal).
         problems: how many test problems.
         seed: their seed (default the recipe's test seed); never a training or validation seed
             of the recipe's own family.
         beyond: past the stack's depth, "last" repeats the last block, "none" is an error.
     """
-    from blockwise.checkpoints import load_stack, read_config  # written alongside this module
-    from blockwise.config import recipe_from_dict
-    from blockwise.training.pretrain import build_codec
-
-    recipe = recipe_from_dict(read_config(path)["recipe"])
+    config = read_config(path)
+    recipe = recipe_from_dict(config["recipe"])
     own = recipe.problem
-    family, dim = family or own.family, dim or own.dim
-    steps = steps or recipe.steps
+    family = own.family if family is None else family
+    dim = own.dim if dim is None else dim
+    steps = config["depth"] if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"eval_checkpoint: steps must be at least 1, got {steps}")
     seed = recipe.data.test_seed if seed is None else seed
     if dim != own.dim:
         raise ValueError(

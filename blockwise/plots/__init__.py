@@ -2,9 +2,9 @@
 
 Library code never touches pyplot's global state: figures are `matplotlib.figure.Figure`
 objects, saved with `save`, so nothing needs a display and nothing leaks. The figures of a run
-directory, as `blockwise plot` writes them, are `blockwise.plots.runs.plot_runs` (kept out of
-this namespace: it imports the training code, Lightning and all, which a metrics dict does
-not need).
+or checkpoint directory, as `blockwise plot` writes them, are `blockwise.plots.runs.plot_runs`
+(kept out of this namespace: it loads checkpoints and rolls out test problems, which drawing a
+metrics dict does not need).
 """
 
 from blockwise.plots.compare import plot_compare

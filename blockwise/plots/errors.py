@@ -1,28 +1,35 @@
-"""Per-block emulation error against depth, from the rows `metrics.json` stores."""
+"""Per-block emulation error against depth, from the rows of
+`evaluation.teacher_forced.teacher_forced_errors` (metrics.json's pretrain.teacher_forced)."""
 
 from __future__ import annotations
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from blockwise.evaluation.teacher_forced import IDENTITY
 from blockwise.plots.teacher import _axes
 
 STYLES = {"trained": ("tab:blue", "-"), "untrained": ("tab:gray", "--")}
+"""Colour and line style per stack label; other labels take the next colour, solid. The
+identity control, exactly 1, is drawn as a line."""
 
 
 def plot_block_errors(
     rows: list[dict], field: str, ax: Axes | None = None, title: str | None = None
 ) -> tuple[Figure, Axes]:
-    """Teacher-forced normalized error of each block for one field: median with a 10-90%
-    band for the trained and the untrained block, and the identity baseline (1) as a line."""
+    """Teacher-forced normalized error of each block for one field: median with a 10-90% band
+    for each stack the rows hold (the trained and the untrained block), and the identity
+    baseline (1) as a line."""
     fig, ax = _axes(ax)
     layers = [r["layer"] for r in rows]
-    for label, (color, style) in STYLES.items():
+    labels = [label for label in rows[0]["fields"][field] if label != IDENTITY]
+    for label in labels:
+        color, style = STYLES.get(label, (None, "-"))
         s = [r["fields"][field][label] for r in rows]
-        ax.plot(layers, [x["median"] for x in s], style, color=color, marker="o", ms=3, label=label)
-        ax.fill_between(
-            layers, [x["p10"] for x in s], [x["p90"] for x in s], color=color, alpha=0.15, lw=0
-        )
+        line = ax.plot(layers, [x["median"] for x in s], style, color=color, marker="o", ms=3,
+                       label=label)[0]
+        ax.fill_between(layers, [x["p10"] for x in s], [x["p90"] for x in s],
+                        color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(1.0, color="k", lw=0.8, ls=":", label="identity (no move)")
     ax.set_yscale("log")
     ax.set_xticks(layers)

@@ -1,9 +1,15 @@
-"""`blockwise plot DIR [DIR ...]`: the figures of finished runs, from their directories alone.
+"""`blockwise plot DIR [DIR ...]`: the figures of finished runs or saved stacks, from their
+directories alone.
 
-One run gets DIR/plots/depth_errors (one panel per learned field), DIR/plots/objective and, when
-the run saved a stack (DIR/checkpoint) of a 2-D problem, DIR/plots/trajectories; several runs
-get one comparison figure. Everything but the trajectories comes from metrics.json, so no
-model or GPU is needed; the trajectories re-roll the test problems from the run's recipe.
+A DIR is a run directory (metrics.json, recipe.yaml, checkpoint/) or a checkpoint directory
+(config.json and model.safetensors, such as the shipped checkpoints/quickstart). One DIR gets
+depth_errors (one panel per learned field), objective and, when there is a saved stack of a 2-D
+problem, trajectories: a run's under DIR/plots, a checkpoint's under `out` (default
+./plots/<its name>), since a checkpoint directory holds its two files and nothing else. Several
+DIRs get one comparison figure. Everything but the trajectories comes from the stored metrics
+(a run's metrics.json, a checkpoint's config.json), so no model or GPU is needed; a checkpoint
+saved without metrics is evaluated on fresh test problems (`eval_checkpoint`); the trajectories
+re-roll the test problems from the recipe.
 """
 
 from __future__ import annotations
@@ -14,17 +20,24 @@ from pathlib import Path
 import yaml
 from matplotlib.figure import Figure
 
-from blockwise.checkpoints import load_stack
-from blockwise.config import recipe_from_dict, saved_recipe
+from blockwise.build import data_splits
+from blockwise.checkpoints import load_stack, read_config
+from blockwise.config import Recipe, recipe_from_dict, saved_recipe
+from blockwise.evaluation import eval_checkpoint
 from blockwise.plots.compare import plot_compare
 from blockwise.plots.depth import plot_run_depth_errors
 from blockwise.plots.progress import plot_objective_depth
 from blockwise.plots.stack_trajectory import plot_stack_trajectories
 from blockwise.plots.teacher import save
-from blockwise.training.pretrain import data_splits
-from blockwise.training.rollouts import load_or_roll_out
+from blockwise.rollout_cache import load_or_roll_out
 
 TRAJECTORY_PANELS = 3  # test problems shown side by side
+CONFIG = "config.json"  # what marks a checkpoint directory
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a checkpoint directory rather than a run (read_config checks it)."""
+    return (path / CONFIG).exists()
 
 
 def read_metrics(run: Path) -> dict:
@@ -32,17 +45,28 @@ def read_metrics(run: Path) -> dict:
     path = run / "metrics.json"
     if not path.is_file():
         what = "holds no metrics.json" if run.is_dir() else "is not a directory"
-        raise ValueError(f"{run} {what}: not a finished blockwise run")
+        raise ValueError(
+            f"{run} {what}: neither a finished blockwise run nor a checkpoint directory"
+        )
     return json.loads(path.read_text())
 
 
-def trajectories(run: Path) -> Figure | None:
-    """The teacher's and the saved stack's trajectories on the first test problems, or None
-    when the run saved no stack or its problems are not 2-D."""
-    checkpoint = run / "checkpoint"
-    if not checkpoint.is_dir():
-        return None
-    recipe = recipe_from_dict(saved_recipe(yaml.safe_load((run / "recipe.yaml").read_text())))
+def checkpoint_metrics(path: Path) -> dict:
+    """A checkpoint's metrics as a run's metrics.json holds them: {"recipe": name,
+    "evaluations": {its stage: its metrics}}; evaluated now if it was saved without."""
+    config = read_config(path)
+    metrics = config["metrics"] if config["metrics"] is not None else eval_checkpoint(path)
+    return {"recipe": config["recipe"]["name"], "evaluations": {config["stage"]: metrics}}
+
+
+def directory_metrics(path: Path) -> dict:
+    """The metrics of a run or a checkpoint directory, in the run's shape."""
+    return checkpoint_metrics(path) if is_checkpoint(path) else read_metrics(path)
+
+
+def trajectories(recipe: Recipe, checkpoint: Path) -> Figure | None:
+    """The teacher's and the saved stack's trajectories on the recipe's first test problems,
+    or None when its problems are not 2-D."""
     if recipe.problem.dim != 2:
         return None
     # The test split alone: the training splits (far larger) are not needed to plot.
@@ -62,10 +86,25 @@ def trajectories(run: Path) -> Figure | None:
 
 def plot_run(run: Path, metrics: dict) -> list[Path]:
     """One run's figures under run/plots; returns the written paths. depth_errors comes last:
-    it marks a finished run (pipeline.finished)."""
-    out = run / "plots"
+    it marks a finished run (rundir.finished)."""
+    checkpoint, stack = run / "checkpoint", None
+    if checkpoint.is_dir():
+        saved = yaml.safe_load((run / "recipe.yaml").read_text())
+        stack = (recipe_from_dict(saved_recipe(saved)), checkpoint)
+    return plot_figures(metrics, stack, run / "plots")
+
+
+def plot_checkpoint(path: Path, metrics: dict, out: Path) -> list[Path]:
+    """A checkpoint directory's figures under `out`; returns the written paths."""
+    recipe = recipe_from_dict(read_config(path)["recipe"])
+    return plot_figures(metrics, (recipe, path), out)
+
+
+def plot_figures(metrics: dict, stack: tuple[Recipe, Path] | None, out: Path) -> list[Path]:
+    """objective, trajectories (for a saved stack (recipe, checkpoint directory) of a 2-D
+    problem) and depth_errors under `out`."""
     paths = save(plot_objective_depth(metrics)[0], out / "objective")
-    fig = trajectories(run)
+    fig = trajectories(*stack) if stack is not None else None
     if fig is not None:
         paths += save(fig, out / "trajectories")
     return paths + save(plot_run_depth_errors(metrics), out / "depth_errors")
@@ -79,14 +118,19 @@ def run_names(metrics: dict[Path, dict]) -> dict[Path, str]:
 
 
 def plot_runs(dirs: list[str | Path], out: str | Path | None = None) -> list[Path]:
-    """The figures of one run (under DIR/plots), or one comparison of several written to
-    `out` (default ./compare; PNG and PDF). Returns the written paths."""
-    runs = [Path(d) for d in dirs]
-    if not runs:
-        raise ValueError("plot_runs: give at least one run directory")
-    metrics = {run: read_metrics(run) for run in runs}  # every directory checked before drawing
-    if len(runs) == 1:
-        return plot_run(runs[0], metrics[runs[0]])
+    """The figures of one run (under DIR/plots) or one checkpoint directory (under `out`,
+    default ./plots/<its name>), or one comparison of several of either written to `out`
+    (default ./compare; PNG and PDF). Returns the written paths."""
+    paths = [Path(d) for d in dirs]
+    if not paths:
+        raise ValueError("plot_runs: give at least one run or checkpoint directory")
+    metrics = {p: directory_metrics(p) for p in paths}  # every directory checked before drawing
+    if len(paths) == 1:
+        (one,) = paths
+        if is_checkpoint(one):
+            where = Path(out) if out is not None else Path.cwd() / "plots" / one.resolve().name
+            return plot_checkpoint(one, metrics[one], where)
+        return plot_run(one, metrics[one])
     names = run_names(metrics)
-    fig, _ = plot_compare({names[run]: m for run, m in metrics.items()})
+    fig, _ = plot_compare({names[p]: m for p, m in metrics.items()})
     return save(fig, Path(out) if out is not None else Path.cwd() / "compare")

@@ -1,9 +1,10 @@
 """The teacher's and the stack's trajectories on one 2-D problem, over its objective's contours.
 
 Both start from the teacher's s_0; the stack's states are its layers' decoded outputs. At a few
-chosen layers each state is drawn as what it holds (Nelder-Mead simplex, CMA-ES mean with its
-1-sigma ellipse, a gradient teacher's iterate), the teacher's solid and the stack's dashed, one
-colour per layer; between them the incumbents' paths run through every layer.
+chosen layers each state is drawn as its teacher declares it (`Teacher.points`, `outline`,
+`spread`: a Nelder-Mead simplex, a CMA-ES mean with its 1-sigma ellipse, a gradient teacher's
+iterate), the teacher's solid and the stack's dashed, one colour per layer; between them the
+incumbents' paths run through every layer.
 """
 
 from __future__ import annotations
@@ -19,31 +20,31 @@ from matplotlib.patches import Polygon
 from blockwise.plots.teacher import _axes, contours, covariance_ellipse
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory
-from blockwise.teachers import State
+from blockwise.teachers import State, Teacher
 
 
-def _points(state: State) -> torch.Tensor:
-    """The points (m, 2) a state is drawn by: a simplex's vertices, or the one mean / iterate."""
-    if "simplex" in state:
-        return state["simplex"]
-    return (state["mean"] if "mean" in state else state["x"])[None]
+def _points(teacher: Teacher, state: State) -> torch.Tensor:
+    """The points (m, 2) one problem's state (no batch dim) is drawn by."""
+    return teacher.drawn_points({f: v[None] for f, v in state.items()})[0]
 
 
-def _draw_state(ax: Axes, state: State, color, ls: str) -> None:
-    points = _points(state)
+def _draw_state(ax: Axes, teacher: Teacher, state: State, color, ls: str) -> None:
+    points = _points(teacher, state)
     if not torch.isfinite(points).all():
         return  # a diverged emulation has nothing to show at this layer
-    if "simplex" in state:
+    if teacher.outline:
         ax.add_patch(Polygon(points.numpy(), closed=True, fill=False, edgecolor=color, ls=ls,
                              lw=1.2))
         return
     marker = "o" if ls == "-" else "s"
-    ax.plot(*points[0].numpy(), marker=marker, ms=5, color=color, mfc=color if ls == "-" else
+    ax.plot(*points.numpy().T, marker=marker, ms=5, color=color, mfc=color if ls == "-" else
             "none", ls="none")
-    if "C" in state and torch.isfinite(state["C"]).all() and torch.isfinite(state["sigma"]):
-        ellipse = covariance_ellipse(points[0], state["sigma"], state["C"])
-        ellipse.set(fill=False, edgecolor=color, ls=ls, lw=1.2)
-        ax.add_patch(ellipse)
+    if teacher.spread is not None:
+        scale, cov = (state[f] for f in teacher.spread)
+        if torch.isfinite(cov).all() and torch.isfinite(scale):
+            ellipse = covariance_ellipse(points[0], scale, cov)
+            ellipse.set(fill=False, edgecolor=color, ls=ls, lw=1.2)
+            ax.add_patch(ellipse)
 
 
 def plot_stack_trajectories(
@@ -80,11 +81,12 @@ def plot_stack_trajectories(
     stacked = [teacher[0]] + [pick(s) for s in emulated[:depth]]
 
     fig, ax = _axes(ax, (5.5, 4.2))
-    drawn = torch.cat([_points(s) for s in teacher + [stacked[k] for k in layers]])
+    optimizer = stack.codec.teacher
+    drawn = torch.cat([_points(optimizer, s) for s in teacher + [stacked[k] for k in layers]])
     device = next(iter(traj.states.values())).device
     xlim, ylim = contours(ax, problem, index, problem.batch_size, drawn, device)
 
-    incumbent = stack.codec.teacher.incumbent
+    incumbent = optimizer.incumbent
     for states, ls, name in ((teacher, "-", "teacher"), (stacked, "--", "stack")):
         path = torch.stack([incumbent({f: v[None] for f, v in s.items()})[0] for s in states])
         ax.plot(*path.numpy().T, ls=ls, color="0.2", lw=0.9, label=f"{name}'s incumbent")
@@ -93,8 +95,8 @@ def plot_stack_trajectories(
 
     colors = colormaps["plasma"](np.linspace(0.0, 0.8, len(layers)))
     for k, color in zip(layers, colors, strict=True):
-        _draw_state(ax, teacher[k], color, "-")
-        _draw_state(ax, stacked[k], color, "--")
+        _draw_state(ax, optimizer, teacher[k], color, "-")
+        _draw_state(ax, optimizer, stacked[k], color, "--")
 
     handles = ax.get_legend_handles_labels()[0]
     handles += [Line2D([], [], color=c, lw=2, label=f"layer {k}") for k, c in zip(layers, colors,

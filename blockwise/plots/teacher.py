@@ -84,30 +84,27 @@ def covariance_ellipse(mean: torch.Tensor, sigma: torch.Tensor, C: torch.Tensor)
 
 def plot_trajectory(
     objective: Objective,
+    teacher: Teacher,
     trajectory: Trajectory,
     index: int = 0,
     steps: list[int] | None = None,
     ax: Axes | None = None,
 ) -> tuple[Figure, Axes]:
-    """Problem `index`'s trajectory over the contours of its objective (2-D problems only).
+    """Problem `index`'s trajectory of `teacher` over the contours of its objective (2-D
+    problems only).
 
-    Draws what the state holds: simplices (Nelder-Mead), the mean with its 1-sigma covariance
-    ellipse (CMA-ES), or the iterate's path (gradient teachers), at the chosen `steps`
-    (default: about eight spread over the rollout), lighter for earlier steps.
+    Draws each state as the teacher declares it (`Teacher.points`, `outline`, `spread`):
+    simplices (Nelder-Mead), the mean with its 1-sigma covariance ellipse (CMA-ES), or the
+    iterate's path (gradient teachers), at the chosen `steps` (default: about eight spread over
+    the rollout), lighter for earlier steps.
     """
     states = {
         name: value[:, index].detach().double().cpu() for name, value in trajectory.states.items()
     }
-    first = next(iter(states.values()))
-    if "simplex" in states:
-        pts = states["simplex"]  # (K+1, n+1, n)
-    elif "mean" in states:
-        pts = states["mean"][:, None, :]
-    else:
-        pts = states["x"][:, None, :]
+    pts = teacher.drawn_points(states)  # (K+1, m, n): the steps of one problem as its batch
     if pts.shape[-1] != 2:
         raise ValueError(f"plot_trajectory draws 2-D problems; this one has n = {pts.shape[-1]}")
-    k_max = first.shape[0] - 1
+    k_max = pts.shape[0] - 1
     steps = (
         steps
         if steps is not None
@@ -120,13 +117,17 @@ def plot_trajectory(
 
     colors = [(0.1, 0.3, 0.8, 0.25 + 0.75 * i / max(len(steps) - 1, 1)) for i in range(len(steps))]
     for k, color in zip(steps, colors, strict=True):
-        if "simplex" in states:
+        if teacher.outline:
             ax.add_patch(Polygon(pts[k].numpy(), closed=True, fill=False, edgecolor=color, lw=1.0))
-        elif "mean" in states:
-            ellipse = covariance_ellipse(pts[k, 0], states["sigma"][k], states["C"][k])
-            ellipse.set(fill=False, edgecolor=color, lw=1.0)
-            ax.add_patch(ellipse)
-    path = pts[:, 0]
+        elif pts.shape[1] > 1:  # a population: its points, apart
+            ax.plot(*pts[k].numpy().T, ls="none", marker=".", ms=3, color=color)
+        if teacher.spread is not None:
+            scale, cov = (states[f][k] for f in teacher.spread)
+            if torch.isfinite(cov).all() and torch.isfinite(scale):  # a diverged row draws none
+                ellipse = covariance_ellipse(pts[k, 0], scale, cov)
+                ellipse.set(fill=False, edgecolor=color, lw=1.0)
+                ax.add_patch(ellipse)
+    path = teacher.incumbent(states)  # (K+1, n)
     ax.plot(path[:, 0].numpy(), path[:, 1].numpy(), "-", color="tab:red", lw=0.8, ms=2, marker=".")
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")

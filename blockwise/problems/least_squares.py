@@ -17,6 +17,8 @@ from torch import Tensor
 from blockwise import random
 from blockwise.problems.base import Frame, Problem, check_number, check_points
 
+MAX_CONTEXT = 4096  # pairs per task: each is a token, and validation builds one task
+
 
 class LeastSquares(Problem):
     """Settings: n_context (N pairs per task), input_range (r: x ~ U(-r/2, r/2)^d),
@@ -28,6 +30,11 @@ class LeastSquares(Problem):
     @classmethod
     def check_settings(cls, settings: dict[str, Any]) -> None:
         check_number("least_squares", "n_context", settings["n_context"], 1, integer=True)
+        if settings["n_context"] > MAX_CONTEXT:
+            raise ValueError(
+                f"least_squares: n_context must be at most {MAX_CONTEXT} (one token per pair), "
+                f"got {settings['n_context']}"
+            )
         for name in ("input_range", "w_scale", "noise"):
             check_number("least_squares", name, settings[name], 0)
 

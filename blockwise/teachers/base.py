@@ -33,6 +33,18 @@ class Teacher:
     """Field name -> shape and meaning, for documentation and the codec."""
     extra_fields: ClassVar[dict[str, str]] = {}
     """Per-step extras returned by `step`: name -> shape and meaning."""
+    branches: ClassVar[tuple[str, ...]] = ()
+    """Names of the branch codes 0, 1, ... that `step` reports in extras["branch"]: (B,) int64,
+    or (B, P), one per moved part, the last of which evaluation splits errors by; -1 is no
+    branch (a problem already done). Empty for a teacher without branches (and that extra)."""
+    points: ClassVar[str | None] = None
+    """The state field a plot draws as the state's points: (B, m, n) m points (a simplex, a
+    population) or (B, n) one point; None draws the incumbent."""
+    outline: ClassVar[bool] = False
+    """Whether the points are vertices drawn as a closed outline (a simplex) rather than apart."""
+    spread: ClassVar[tuple[str, str] | None] = None
+    """(scale (B,), covariance (B, n, n)) fields of a search distribution N(p, scale^2 cov)
+    around the first point p, drawn as its 1-sigma ellipse; None if there is none."""
 
     def init(self, objective: Objective, x0: Tensor) -> State:
         """The state s_0 from starting points x0 (B, n)."""
@@ -45,6 +57,14 @@ class Teacher:
     def incumbent(self, state: State) -> Tensor:
         """The point (B, n) the optimizer currently offers as its answer."""
         raise NotImplementedError
+
+    def drawn_points(self, state: State) -> Tensor:
+        """The points (B, m, n) a plot draws for `state`: the `points` field, or the incumbent
+        (m = 1). Any leading dim serves as B: steps of one problem's trajectory, say."""
+        if self.points is None:
+            return self.incumbent(state)[:, None]
+        value = state[self.points]
+        return value if value.ndim == 3 else value[:, None]
 
     def settings(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,7 +3,7 @@ arXiv:1604.00772, eqs. (38)-(58); pycma 4.5.0, `cma/evolution_strategy.py` ("es"
 
 One step is one generation: sample lambda candidates around the mean, evaluate them, rank them
 and update mean, sigma, C and both evolution paths. Static parameters live in `cma_params`,
-the deterministic normal draws in `sampling`. Two flavours (see docs teachers.md §3):
+the deterministic normal draws in `sampling`. Two flavours:
 
 "pycma" reproduces pycma 4.5.0's `tell` with options {'CMA_mirrors': 0, 'updatecovwait': 0,
 'conditioncov_alleviate': False} for n < 300 (from n = 300 on pycma switches to TPA step-size
@@ -24,8 +24,15 @@ only for n <~ 90); C^1/2 = B D B^T and C^-1/2 = B D^-1 B^T come from that symmet
 is also the matrix the update starts from. The symmetric square root makes sampling
 independent of the eigenvectors' signs and order. A C that is not positive definite yields
 NaN, and so does a non-finite f value (pycma would rank inf last and replace NaN by the median),
-which `rollout` reports as divergence. Ranking uses a stable sort on f (pycma's
-np.argsort is not stable, so compare with pycma only where f has no ties).
+which `rollout` reports as divergence. So does a C that is not finite or that LAPACK cannot
+decompose, in its own row only: one bad row never stops the batch (`_eigh_rows`).
+Ranking uses a stable sort on f (pycma's np.argsort is not stable, so compare with pycma only
+where f has no ties).
+
+C^1/2 and C^-1/2 are differentiable in C with a gradient that stays finite at repeated
+eigenvalues (`_SymmetricRoot`): fine-tuning backpropagates through the candidates sampled from
+an emulated C, which starts next to C_0, whose eigenvalues are (nearly) equal, and which may
+leave the positive definite cone (`candidates(..., project=True)`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from blockwise import random
 from blockwise.problems import Objective, evaluate
@@ -43,10 +51,14 @@ from blockwise.teachers.base import State, Teacher, check_state, check_x0
 from blockwise.teachers.cma_params import FLAVOURS, CMAParams, cma_params
 from blockwise.teachers.sampling import SAMPLERS, standard_normals
 
+MAX_POPSIZE = 65536  # candidates per generation; validation samples one generation
+
 
 @dataclasses.dataclass(frozen=True)
 class CMAES(Teacher):
     """Covariance matrix adaptation evolution strategy, batched over problems."""
+
+    spread = ("sigma", "C")  # drawn as the 1-sigma ellipse of N(mean, sigma^2 C)
 
     sigma0: float = 0.5
     """Initial step size sigma_0 > 0 (pycma's `sigma0`)."""
@@ -87,6 +99,11 @@ class CMAES(Teacher):
             isinstance(self.popsize, bool) or not isinstance(self.popsize, int) or self.popsize < 2
         ):
             raise ValueError(f"cma_es: popsize must be None or an int >= 2, got {self.popsize!r}")
+        if self.popsize is not None and self.popsize > MAX_POPSIZE:
+            raise ValueError(
+                f"cma_es: popsize must be at most {MAX_POPSIZE} (validation samples a generation), "
+                f"got {self.popsize}"
+            )
         if self.flavour not in FLAVOURS:
             raise ValueError(f"cma_es: flavour must be one of {FLAVOURS}, got {self.flavour!r}")
         if self.sampler not in SAMPLERS:
@@ -123,11 +140,16 @@ class CMAES(Teacher):
         """The mean (B, n): CMA-ES's estimate of the optimum."""
         return state["mean"]
 
-    def candidates(self, state: State) -> Tensor:
-        """The generation's points x_k (B, lambda, n), exactly as `step` samples them."""
+    def candidates(self, state: State, project: bool = False) -> Tensor:
+        """The generation's points x_k (B, lambda, n), exactly as `step` samples them.
+
+        project: sample from the nearest positive semi-definite matrix to C (its negative
+        eigenvalues set to 0; Higham, "Computing a nearest symmetric positive semidefinite
+        matrix", 1988) instead of giving NaN where C is not positive definite. For a C that a
+        network emulated: a teacher's C is positive definite, and its points stay the same.
+        """
         _check_shapes(check_state(state, self))
-        _, basis, d = _decompose(state["C"])
-        return self._sample(state, basis, d)
+        return self._sample(state, _SymmetricRoot.apply(*_decompose(state["C"]), False, project))
 
     def step(
         self, objective: Objective, state: State, candidates: Tensor | None = None
@@ -137,10 +159,10 @@ class CMAES(Teacher):
         mean = state["mean"]
         batch, n = mean.shape
         p = self.params(n)
-        C, basis, d = _decompose(state["C"])
-        inv_sqrt = (basis / d[:, None, :]) @ basis.mT  # C^-1/2 = B D^-1 B^T
+        C, basis, values = _decompose(state["C"])
+        inv_sqrt = _SymmetricRoot.apply(C, basis, values, True, False)
         if candidates is None:
-            x = self._sample(state, basis, d)
+            x = self._sample(state, _SymmetricRoot.apply(C, basis, values, False, False))
         else:
             x = _check_candidates(candidates, batch, p.popsize, n).to(mean)
         f = evaluate(objective, x)
@@ -155,14 +177,14 @@ class CMAES(Teacher):
                 new[name] = value.masked_fill(mask, float("nan"))
         return new, {"candidates": x, "fvals": f, "h_sigma": h_sigma}
 
-    def _sample(self, state: State, basis: Tensor, d: Tensor) -> Tensor:
-        """Eqs. (38)-(40): x_k = m + sigma C^1/2 z_k (B, lambda, n), from C's eigenbasis."""
+    def _sample(self, state: State, sqrt_C: Tensor) -> Tensor:
+        """Eqs. (38)-(40): x_k = m + sigma C^1/2 z_k (B, lambda, n), from C^1/2 (B, n, n)."""
         mean = state["mean"]
         n = mean.shape[1]
         z = standard_normals(
             self.sampler, state["key"], state["generation"], self.params(n).popsize, n, mean.dtype
         )
-        y = z @ ((basis * d[:, None, :]) @ basis.mT)  # eq. (39), C^1/2 is symmetric
+        y = z @ sqrt_C  # eq. (39), C^1/2 is symmetric
         return mean[:, None, :] + state["sigma"][:, None, None] * y  # eq. (40)
 
     def _update(
@@ -236,14 +258,101 @@ _EIGH_CHUNK = 16384
 
 
 def _decompose(C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The symmetrised C (B, n, n), its eigenvectors (B, n, n) and sqrt eigenvalues D (B, n)."""
+    """The symmetrised C (B, n, n), its eigenvectors (B, n, n) and eigenvalues (B, n).
+
+    The eigenvectors and eigenvalues carry no gradient: `_SymmetricRoot` takes C's from them.
+    """
     C = (C + C.mT) / 2  # pycma symmetrises at each decomposition
+    values, basis = _eigh_rows(C.detach())
+    return C, basis, values
+
+
+def _eigh_rows(C: Tensor) -> tuple[Tensor, Tensor]:
+    """torch.linalg.eigh of each symmetric row of C (B, n, n): eigenvalues (B, n), eigenvectors
+    (B, n, n); a row that is not finite, or that LAPACK fails to decompose, gets NaNs.
+
+    A batched eigh raises for the whole batch when one matrix fails (a NaN or inf matrix fails
+    to converge from n = 3 on). Its matrices are decomposed independently, so putting the
+    identity in a non-finite row's place leaves every other row's result bit for bit as it was.
+    """
+    finite = torch.isfinite(C).flatten(1).all(-1)
+    eye = torch.eye(C.shape[-1], dtype=C.dtype, device=C.device)
     # cuSOLVER's batched eigh fails past about 32k matrices (CUSOLVER_STATUS_INTERNAL_ERROR,
     # seen on an H100 at B = 65536); the matrices are independent, so chunks change nothing.
-    parts = [torch.linalg.eigh(chunk) for chunk in C.split(_EIGH_CHUNK)]
-    evals = torch.cat([p.eigenvalues for p in parts])
-    basis = torch.cat([p.eigenvectors for p in parts])
-    return C, basis, evals.sqrt()  # D is NaN if C is not positive definite
+    chunks = torch.where(finite[:, None, None], C, eye).split(_EIGH_CHUNK)
+    values, vectors = zip(*(_eigh_or_rows(chunk) for chunk in chunks), strict=True)
+    bad = ~finite
+    return (
+        torch.cat(values).masked_fill(bad[:, None], math.nan),
+        torch.cat(vectors).masked_fill(bad[:, None, None], math.nan),
+    )
+
+
+def _eigh_or_rows(C: Tensor) -> tuple[Tensor, Tensor]:
+    """eigh of a batch (B, n, n); if it fails, of each row alone, a failing row giving NaNs.
+
+    A finite matrix fails only with entries near overflow (LAPACK's scaling overflows): rare
+    enough that the row-by-row retry costs nothing in practice.
+    """
+    try:
+        return tuple(torch.linalg.eigh(C))
+    except torch.linalg.LinAlgError:
+        rows = [_eigh_or_nan(row[None]) for row in C]
+        return torch.cat([v for v, _ in rows]), torch.cat([b for _, b in rows])
+
+
+def _eigh_or_nan(C: Tensor) -> tuple[Tensor, Tensor]:
+    try:
+        return tuple(torch.linalg.eigh(C))
+    except torch.linalg.LinAlgError:
+        return C.new_full(C.shape[:-1], math.nan), torch.full_like(C, math.nan)
+
+
+class _SymmetricRoot(torch.autograd.Function):
+    """C^1/2 = B D B^T, or C^-1/2 = B D^-1 B^T, from C's eigenvectors B and eigenvalues L, with
+    D = sqrt(L) (NaN where C is not positive definite) or, with `psd`, D = sqrt(max(L, 0)).
+
+    torch.linalg.eigh's own backward divides by eigenvalue differences, so at C = I (repeated
+    eigenvalues) it gives NaN and near it huge, wrong gradients, although C^+-1/2 is smooth
+    there. The gradient of a spectral function f(C) = B f(L) B^T (Daleckii-Krein) is
+    B ((B^T G B) o K) B^T with the divided differences K of `_divided_differences`, which
+    need no difference of close eigenvalues. The forward is the plain product, so values are
+    unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, C: Tensor, basis: Tensor, values: Tensor, inverse: bool, psd: bool) -> Tensor:
+        d = (values.clamp(min=0) if psd else values).sqrt()
+        ctx.save_for_backward(basis, values, d)
+        ctx.inverse = inverse
+        scaled = basis / d[:, None, :] if inverse else basis * d[:, None, :]
+        return scaled @ basis.mT
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        basis, values, d = ctx.saved_tensors
+        kernel = _divided_differences(values, d, ctx.inverse)
+        return basis @ ((basis.mT @ grad @ basis) * kernel) @ basis.mT, None, None, None, None
+
+
+def _divided_differences(values: Tensor, d: Tensor, inverse: bool) -> Tensor:
+    """K_ij = (f(l_i) - f(l_j)) / (l_i - l_j), K_ii = f'(l_i) (B, n, n), for f(l) = 1 / d or d,
+    d = sqrt(max(l, 0)), from eigenvalues l and d (B, n).
+
+    Between positive eigenvalues the difference cancels: K_ij = 1 / (d_i + d_j) for d (the
+    Sylvester equation C^1/2 dS + dS C^1/2 = dC) and -1 / (d_i d_j (d_i + d_j)) for 1 / d: exact
+    and finite wherever C is positive definite. Between a clamped eigenvalue (<= 0) and a
+    positive one, l_i - l_j is at least the positive one, so the quotient is safe; between two
+    clamped ones f is constant: K = 0.
+    """
+    d_i, d_j = d[:, :, None], d[:, None, :]
+    if inverse:
+        return -1 / (d_i * d_j * (d_i + d_j))
+    l_i, l_j = values[:, :, None], values[:, None, :]
+    positive = (l_i > 0) & (l_j > 0)
+    apart = torch.where(positive | (d_i == d_j), 1.0, l_i - l_j)
+    return torch.where(positive, 1 / (d_i + d_j), (d_i - d_j) / apart)
 
 
 def row_keys(seed: int, x0: Tensor) -> Tensor:

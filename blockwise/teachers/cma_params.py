@@ -4,7 +4,7 @@
 (Table 1), with the expectation of ||N(0, I)|| approximated as sqrt(n)(1 - 1/(4n) + 1/(21n^2)).
 
 "pycma": the values pycma 4.5.0 uses in `tell` with default options. Pointers into its `cma/`
-package (see docs teachers.md §3.2):
+package:
   weights                     recombination_weights.py L147-193, negative part L273-326
   c_c                         options_parameters.py L982
   c_1 (with min(1, lambda/6)) interfaces.py L330

@@ -154,6 +154,49 @@ def converged(simplex: Tensor, fvals: Tensor, xatol: float | None, fatol: float 
     return (spread_x <= xatol) & (spread_f <= fatol)
 
 
+TRIALS = ("expand", "reflect", "contract_out", "contract_in")
+"""The trial points of a moved vertex: scipy's xe, xr, xc, xcc, in `trial_coefficients`' order."""
+
+
+@functools.lru_cache(maxsize=16)
+def trial_coefficients(coef: Coefficients, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(2, 4): the trial points of TRIALS for a vertex w through the centroid xbar are
+    c[0, j] xbar - c[1, j] w. These are scipy's expressions, so that every float64 operation
+    rounds as numpy's does: xe = (1 + rho chi) xbar - rho chi w, xr = (1 + rho) xbar - rho w,
+    xc = (1 + psi rho) xbar - psi rho w, and xcc = (1 - psi) xbar + psi w with c[1, 3] = -psi
+    (the same float: x - (-y) is x + y exactly). Read only."""
+    rho, chi, psi, _ = coef
+    rows = [[1 + rho * chi, 1 + rho, 1 + psi * rho, 1 - psi], [rho * chi, rho, psi * rho, -psi]]
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def trial_point(c: Tensor, xbar: Tensor, worst: Tensor) -> Tensor:
+    """c[0] xbar - c[1] worst: the one expression of every trial point, for coefficients c
+    (2, ...) from `trial_coefficients`, broadcast against xbar and worst."""
+    return c[0] * xbar - c[1] * worst
+
+
+def shrink_points(best: Tensor, vertices: Tensor, sigma: float) -> Tensor:
+    """scipy's shrink of `vertices` towards `best` (broadcast against them)."""
+    return best + sigma * (vertices - best)
+
+
+def scipy_points(simplex: Tensor, parallelism: int, coef: Coefficients) -> dict[str, Tensor]:
+    """Every point scipy's rules can move a vertex of the sorted simplex (B, n+1, n) to.
+
+    Returns the TRIALS kinds (B, P, n), one point per moved vertex (the P worst, worst last),
+    each through the centroid of the n+1-P best; and "shrink" (B, n, n), vertices 1..n shrunk
+    towards the best.
+    """
+    n = simplex.shape[-1]
+    keep = n + 1 - parallelism
+    xbar = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
+    c = trial_coefficients(coef, simplex.dtype, simplex.device)[:, :, None, None, None]
+    trials = trial_point(c, xbar, simplex[:, keep:])  # (4, B, P, n)
+    shrunk = shrink_points(simplex[:, :1], simplex[:, 1:], coef.sigma)
+    return dict(zip(TRIALS, trials.unbind(0), strict=True)) | {"shrink": shrunk}
+
+
 def select(branch: Tensor, e: Tensor, r: Tensor, c: Tensor, cc: Tensor, old: Tensor) -> Tensor:
     """Per branch code: xe (0), xr (1, 2), xc (3), xcc (4) or the old vertex (5); broadcasts."""
     contract = torch.where(branch == 3, c, torch.where(branch == 4, cc, old))
@@ -178,17 +221,11 @@ def scipy_moves(
         worst last (5: its contraction failed; the simplex shrank iff all P are 5); evals (B,)
         the evaluations a sequential implementation makes (1 or 2 per vertex, n for a shrink).
     """
-    rho, chi, psi, sigma = coef
     n = simplex.shape[-1]
     keep = n + 1 - parallelism
-    xbar = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
     worst = simplex[:, keep:]  # (B, P, n)
-    # scipy's expressions verbatim, so every float64 operation rounds as numpy's does.
-    xe = (1 + rho * chi) * xbar - rho * chi * worst
-    xr = (1 + rho) * xbar - rho * worst
-    xc = (1 + psi * rho) * xbar - psi * rho * worst
-    xcc = (1 - psi) * xbar + psi * worst
-    candidates = torch.cat([xe, xr, xc, xcc], dim=1)  # (B, 4P, n)
+    points = scipy_points(simplex, parallelism, coef)
+    candidates = torch.cat([points[kind] for kind in TRIALS], dim=1)  # (B, 4P, n)
     f = evaluate_points(objective, candidates)
     fe, fr, fc, fcc = f.split(parallelism, dim=1)  # each (B, P)
 
@@ -216,8 +253,7 @@ def scipy_moves(
     new_f = torch.cat([fvals[:, :keep], torch.where(failed, f_worst, picked_f)], 1)
     shrink = failed.all(dim=1)
     if shrink.any():
-        best = simplex[:, :1]
-        shrunk = best + sigma * (simplex[:, 1:] - best)  # (B, n, n): from the original vertices
+        best, shrunk = simplex[:, :1], points["shrink"]  # from the original vertices
         f_shrunk = evaluate_points(objective, shrunk)
         new = torch.where(shrink[:, None, None], torch.cat([best, shrunk], dim=1), new)
         new_f = torch.where(shrink[:, None], torch.cat([f_best, f_shrunk], dim=1), new_f)
@@ -258,15 +294,14 @@ def scipy_step(
     Returns:
         simplex (B, n+1, n) and fvals (B, n+1), sorted; branch (B,); evals (B,).
     """
-    sigma = coef.sigma
     batch, n = simplex.shape[0], simplex.shape[-1]
     device = simplex.device
     first_rows, order, f_columns = _index_tables(batch, n, device)
     sim = simplex.permute(1, 2, 0).contiguous()  # (n+1, n, B)
     fsim = fvals.reshape(-1).index_select(0, f_columns).view(n + 1, batch)  # fvals.t(), faster
     xbar, worst = mean_of_rows(sim[:n]), sim[n]  # (n, B)
-    c = _candidate_coefficients(coef, simplex.dtype, device)  # (2, 4)
-    candidates = c[0, :, None, None] * xbar - c[1, :, None, None] * worst  # (4, n, B)
+    c = trial_coefficients(coef, simplex.dtype, device)  # (2, 4)
+    candidates = trial_point(c[:, :, None, None], xbar, worst)  # (4, n, B)
     f = evaluate_batch_last(objective, candidates)  # (4, B)
     fe, fr, fc, fcc = f.unbind(0)
     f_best, f_worst = fsim[0], fsim[n]
@@ -284,7 +319,7 @@ def scipy_step(
     evals = tables["evals"].index_select(0, code)
     kept = tables["candidate"].index_select(0, code)  # 0..3: xe, xr, xc, xcc
     # The new vertex, recomputed from its candidate's coefficients: the same floats.
-    v = c[0].index_select(0, kept) * xbar - c[1].index_select(0, kept) * worst  # (n, B)
+    v = trial_point(c.index_select(1, kept), xbar, worst)  # (n, B)
     fv = f.gather(0, kept[None])[0]
 
     # The kept f values ascend with no NaN (one reduction), else the exact test below.
@@ -295,8 +330,7 @@ def scipy_step(
         new[:, n], new_f[:, n] = v.t(), fv
         shrink = branch == SHRINK
         if shrink.any():
-            best = sim[0]
-            shrunk = best + sigma * (sim[1:] - best)  # (n, n, B): from the original vertices
+            shrunk = shrink_points(sim[0], sim[1:], coef.sigma)  # (n, n, B): original vertices
             f_shrunk = evaluate_batch_last(objective, shrunk).t()  # (B, n)
             new[:, 1:] = torch.where(shrink[:, None, None], shrunk.permute(2, 0, 1), new[:, 1:])
             new_f[:, 1:] = torch.where(shrink[:, None], f_shrunk, new_f[:, 1:])
@@ -315,17 +349,6 @@ def scipy_step(
     new = torch.cat([simplex, v.t()[:, None]], 1).view(-1, n).index_select(0, rows)
     new_f = torch.cat([fvals, fv[:, None]], 1).view(-1).index_select(0, rows)
     return new.view(batch, n + 1, n), new_f.view(batch, n + 1), branch, evals
-
-
-@functools.lru_cache(maxsize=16)
-def _candidate_coefficients(coef: Coefficients, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(2, 4): xe, xr, xc, xcc = c[0, k] xbar - c[1, k] worst, scipy's expressions, so that every
-    float64 operation rounds as numpy's does: (1 + rho chi) xbar - rho chi worst, and so on;
-    xcc = (1 - psi) xbar + psi worst has c[1, 3] = -psi (the same float: x - (-y) is x + y
-    exactly). Read only."""
-    rho, chi, psi, _ = coef
-    rows = [[1 + rho * chi, 1 + rho, 1 + psi * rho, 1 - psi], [rho * chi, rho, psi * rho, -psi]]
-    return torch.tensor(rows, dtype=dtype, device=device)
 
 
 def _scipy_branch(
@@ -424,6 +447,9 @@ class NelderMead(Teacher):
 
     name = "nelder_mead"
     state_fields = STATE_FIELDS
+    branches = BRANCHES
+    points = "simplex"
+    outline = True
     extra_fields = {
         "branch": f"(B,) int64: 0..5 = {', '.join(BRANCHES)}; -1 once done",
         "evals": "(B,) int64, evaluations this step as scipy counts them: 1, 2, n+2; 0 once done",
@@ -448,6 +474,11 @@ class NelderMead(Teacher):
             done = done | converged(simplex, fvals, self.xatol, self.fatol)
         coef = coefficients(simplex.shape[-1], self.adaptive)
         return freeze(state, done, *scipy_step(objective, simplex, fvals, coef))
+
+    def trial_points(self, simplex: Tensor) -> dict[str, Tensor]:
+        """Every point a step can move a vertex of the sorted simplex (B, n+1, n) to, as
+        `scipy_points` (P = 1): the same floats the step evaluates."""
+        return scipy_points(simplex, 1, coefficients(simplex.shape[-1], self.adaptive))
 
     def incumbent(self, state: State) -> Tensor:
         """The best vertex (B, n)."""

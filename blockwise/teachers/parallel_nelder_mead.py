@@ -53,12 +53,37 @@ from blockwise.teachers.nelder_mead import (
     init_state,
     initial_simplex,
     scipy_moves,
+    scipy_points,
     select,
 )
 
 # The paper's coefficients (footnote 3): reflection, expansion, contraction, shrink.
 ALPHA, GAMMA, BETA, TAU = 1.0, 1.0, 0.5, 0.5
 RULES = ("scipy", "paper")
+
+
+def paper_points(simplex: Tensor, parallelism: int) -> dict[str, Tensor]:
+    """Every point Section 3 can move a vertex of the sorted simplex (B, n+1, n) to.
+
+    Returns, for the P worst vertices A_j (worst last) through the centroid M of the n+1-P
+    best: "reflect" AR_j, "expand" AE_j, "contract_out" AC_j from Ã_j = AR_j, "contract_in"
+    AC_j from Ã_j = A_j, "shrink_reflect" AR_j shrunk towards A_0, each (B, P, n); and
+    "shrink" (B, n, n), A_1..A_n shrunk towards A_0.
+    """
+    n = simplex.shape[-1]
+    keep = n + 1 - parallelism
+    m = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
+    worst = simplex[:, keep:]  # (B, P, n)
+    best = simplex[:, :1]
+    ar = m + ALPHA * (m - worst)
+    return {
+        "reflect": ar,
+        "expand": ar + GAMMA * (ar - m),
+        "contract_out": m + BETA * (ar - m),
+        "contract_in": m + BETA * (worst - m),
+        "shrink": TAU * best + (1 - TAU) * simplex[:, 1:],
+        "shrink_reflect": TAU * best + (1 - TAU) * ar,
+    }
 
 
 def paper_moves(
@@ -72,15 +97,10 @@ def paper_moves(
     """
     n = simplex.shape[-1]
     keep = n + 1 - parallelism
-    m = centroid(simplex[:, :keep])[:, None, :]  # (B, 1, n)
-    worst = simplex[:, keep:]  # (B, P, n)
-    ar = m + ALPHA * (m - worst)
-    ae = ar + GAMMA * (ar - m)
-    ac_r = m + BETA * (ar - m)  # Ã = AR
-    ac_w = m + BETA * (worst - m)  # Ã = A_j
-    best = simplex[:, :1]
-    shrunk = TAU * best + (1 - TAU) * simplex[:, 1:]  # (B, n, n): kept vertices and A_j
-    shrunk_r = TAU * best + (1 - TAU) * ar  # (B, P, n): AR_j where Ã_j = AR_j
+    worst, best = simplex[:, keep:], simplex[:, :1]  # (B, P, n), (B, 1, n)
+    p = paper_points(simplex, parallelism)
+    ar, ae, ac_r, ac_w = p["reflect"], p["expand"], p["contract_out"], p["contract_in"]
+    shrunk, shrunk_r = p["shrink"], p["shrink_reflect"]  # (B, n, n); (B, P, n) AR_j shrunk
     points = torch.cat([ar, ae, ac_r, ac_w, shrunk, shrunk_r], dim=1)
     f = evaluate_points(objective, points)
     fr, fe, fc_r, fc_w = f[:, : 4 * parallelism].split(parallelism, dim=1)  # each (B, P)
@@ -136,6 +156,9 @@ class ParallelNelderMead(Teacher):
 
     name = "parallel_nelder_mead"
     state_fields = STATE_FIELDS
+    branches = BRANCHES
+    points = "simplex"
+    outline = True
     extra_fields = {
         "branch": f"(B, P) int64 per moved vertex, worst last: 0..5 = {', '.join(BRANCHES)} "
         "(5: its contraction failed; the simplex shrank iff all P are 5); -1 once done",
@@ -190,6 +213,15 @@ class ParallelNelderMead(Teacher):
         else:
             moves = paper_moves(objective, simplex, fvals, self.parallelism)
         return finish(state, done, *moves)
+
+    def trial_points(self, simplex: Tensor) -> dict[str, Tensor]:
+        """Every point a step can move a vertex of the sorted simplex (B, n+1, n) to, under
+        this teacher's rules: `scipy_points` or `paper_points`, the same floats the step
+        evaluates."""
+        if self.rules == "scipy":
+            coef = coefficients(simplex.shape[-1], self.adaptive)
+            return scipy_points(simplex, self.parallelism, coef)
+        return paper_points(simplex, self.parallelism)
 
     def incumbent(self, state: State) -> Tensor:
         """The best vertex (B, n)."""

@@ -1,7 +1,7 @@
 """Deterministic standard-normal draws z (B, lambda, n) for a CMA-ES generation.
 
 Every design is a pure function of (key, generation) per problem, through `blockwise.random`,
-so a row gives the same z alone or in any batch, on any device (see docs teachers.md §4):
+so a row gives the same z alone or in any batch, on any device:
 
   "normal"    independent N(0, I) rows, keyed by fold(key, generation).
   "mirrored"  z_2k = -z_{2k-1} (Brockhoff, Auger, Hansen, Arnold & Hohm, PPSN 2010): the odd

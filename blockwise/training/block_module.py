@@ -11,7 +11,7 @@ from __future__ import annotations
 import lightning as L
 from torch import Tensor
 
-from blockwise.evaluation import normalized_error
+from blockwise.errors import normalized_error
 from blockwise.model import Block, ReadIO
 from blockwise.training.optim import adamw_with_schedule
 from blockwise.training.trainer import check_finite

@@ -3,7 +3,7 @@
 The stack runs from the teacher's s_0, each layer encoding the *emulated* state in its own
 frame (so the loss sees the errors that compound), and layer k's prediction is compared with
 the teacher's s_k: by default through log(1 + e^2), e the normalized emulation error of
-design.md on the decoded state, the one passed on and evaluated (the teacher's own move is
+`blockwise.errors` on the decoded state, the one passed on and evaluated (the teacher's own move is
 the unit, so every problem and layer weighs alike, and the logarithm keeps problems that went
 astray from dominating), or by the squared error of the output fields in the emulated state's
 frame (pretraining's loss). At every layer (deep supervision, layer k weighted ratio^(k-1))
@@ -104,7 +104,7 @@ class FreezeBlocks(BaseFinetuning):
 
 def log_normalized_loss(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
     """Mean over problems of log(1 + e^2), e = ||pred - target|| / ||target - prev|| the
-    normalized error of `blockwise.evaluation.errors`; inputs (B, ...). Problems whose teacher
+    normalized error of `blockwise.errors`; inputs (B, ...). Problems whose teacher
     did not move (e undefined) are left out.
 
     Written with squared norms rather than through `errors.normalized_error`, whose norm has

@@ -20,67 +20,16 @@ import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
 
-from blockwise import teachers
-from blockwise.codec import make_codec
+from blockwise.build import build_codec, load_data, new_block
 from blockwise.config import Recipe, recipe_from_dict, recipe_to_dict
+from blockwise.files import write_atomic
 from blockwise.model import Block, ReadIO
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory
 from blockwise.stack import Stack
 from blockwise.training.block_module import BlockModule
 from blockwise.training.datamodule import PairDataModule
-from blockwise.training.rollouts import Split, load_or_roll_out
 from blockwise.training.trainer import drop_resume, fit
-
-SPLITS = ("train", "val", "test")
-
-
-def data_splits(recipe: Recipe) -> dict[str, Split]:
-    """The train / val / test splits: same family and teacher, disjoint seeds."""
-    d = recipe.data
-    counts = {"train": d.train_problems, "val": d.val_problems, "test": d.test_problems}
-    seeds = {"train": d.train_seed, "val": d.val_seed, "test": d.test_seed}
-    return {
-        name: Split(
-            recipe.problem.family,
-            recipe.problem.dim,
-            dict(recipe.problem.settings),
-            counts[name],
-            seeds[name],
-            recipe.problem.x0_radius,
-            recipe.teacher.name,
-            dict(recipe.teacher.settings),
-            recipe.steps,
-        )
-        for name in SPLITS
-    }
-
-
-def rollout_device(recipe: Recipe) -> torch.device:
-    """Where rollouts are made: the training accelerator's device when it is a GPU."""
-    accelerator = recipe.train.accelerator
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-
-
-def load_data(recipe: Recipe, device: str | torch.device | None = None) -> dict[str, tuple]:
-    """(problems, trajectory) per split, from the rollout cache or rolled out now (by default
-    on the training device; the cache holds CPU tensors either way)."""
-    device = device if device is not None else rollout_device(recipe)
-    splits = data_splits(recipe)
-    return {name: load_or_roll_out(s, recipe.data.cache_dir, device) for name, s in splits.items()}
-
-
-def build_codec(recipe: Recipe, problem: Problem):
-    teacher = teachers.make(recipe.teacher.name, **recipe.teacher.settings)
-    return make_codec(teacher, problem, mode=recipe.codec.mode, frame=recipe.codec.frame)
-
-
-def new_block(recipe: Recipe, layer: int) -> Block:
-    """Block `layer` as initialized before training (seeded: this is the untrained control)."""
-    torch.manual_seed(recipe.seed * 1000 + layer)
-    b = recipe.block
-    return Block(b.width, b.heads, b.mlp_ratio, b.norm, b.attention, b.dropout)
 
 
 def block_path(out: Path, layer: int) -> Path:
@@ -89,10 +38,8 @@ def block_path(out: Path, layer: int) -> Path:
 
 def save_block(block: Block, path: Path) -> None:
     """Atomic: a crash mid-write never leaves a file that looks like a finished block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in block.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    state = {k: v.contiguous() for k, v in block.state_dict().items()}
+    write_atomic(path, lambda tmp: save_file(state, tmp))
 
 
 def load_block(recipe: Recipe, layer: int, path: Path) -> Block:
@@ -207,11 +154,7 @@ def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> 
 __all__ = [
     "block_module",
     "block_path",
-    "build_codec",
-    "data_splits",
     "load_block",
-    "load_data",
-    "new_block",
     "pretrain",
     "save_block",
     "train_block",

@@ -1,11 +1,14 @@
-"""The normalized emulation error of design.md: scale-free, so step 30 compares with step 1.
+"""The normalized emulation error: scale-free, so step 30 compares with step 1.
 
 For a field f at layer k and problem b,
     e = ||pred_f - s_k,f|| / ||s_k,f - s_{k-1},f||,
 the distance to the teacher's state divided by the teacher's own move, so "do nothing"
-(pred = s_{k-1}) scores exactly 1. Norms are Frobenius over the field's non-batch dims. A
-problem whose field did not move (a converged or frozen problem) has no defined error: NaN,
-left out of the summaries.
+(pred = s_{k-1}) scores exactly 1 (README, "Results"). Norms are Frobenius over the field's
+non-batch dims. A problem whose field did not move (a converged or frozen problem) has no
+defined error: NaN, left out of the summaries.
+
+A leaf module (torch only): training's losses and monitors and evaluation's measurements both
+build on it, so neither package imports the other.
 """
 
 from __future__ import annotations
@@ -29,12 +32,3 @@ def emulation_error(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
     the worst error, not a missing one."""
     blown = ~pred.isfinite().reshape(pred.shape[0], -1).all(dim=1)
     return normalized_error(pred, target, prev).masked_fill(blown, math.inf)
-
-
-def summarize(errors: Tensor) -> dict[str, float]:
-    """Median, 10th and 90th percentile of (B,) errors (inf kept as the worst, NaN left out,
-    as `metrics.quantiles`), and how many counted."""
-    from blockwise.evaluation.metrics import quantiles  # metrics builds on this module
-
-    valid = errors[~errors.isnan()]
-    return {name: q.item() for name, q in quantiles(valid).items()} | {"count": valid.numel()}

@@ -3,8 +3,9 @@
 A split is (problem family and settings, dimension, count, seed) and a teacher with its
 settings, rolled out for K steps from x0 = minimizer + U(-r, r)^n. Everything that changes the
 trajectory goes into the cache key, so a stale cache cannot be read; the files are
-safetensors (no pickles), written to a temporary name and renamed, so an interrupted write
-never leaves a file that looks complete.
+safetensors (no pickles), written whole or not at all (`files.write_atomic`). A cached file
+that cannot be read (damaged on disk, or not written by this code) is set aside with a
+warning and the split rolled out again: a cache is never a reason to stop.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
 from safetensors.torch import load_file, save_file
 
 from blockwise import problems, teachers
+from blockwise.files import write_atomic
 from blockwise.problems import Problem
 from blockwise.rollout import Trajectory, rollout
 
@@ -59,7 +63,15 @@ def load_or_roll_out(
     name = f"rollout-{split.key()}-{torch.device(device).type}.safetensors"
     path = Path(cache_dir) / name if cache_dir else None
     if path is not None and path.exists():
-        return problem, _read(path)
+        try:
+            return problem, _read(path)
+        except (safetensors.SafetensorError, KeyError, OSError) as err:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            warnings.warn(
+                f"{path}: unreadable rollout cache ({err}); moved to {aside.name} and rolling "
+                "the split out again", stacklevel=2,
+            )
     x0 = problem.sample_x0(seed=split.seed, radius=split.x0_radius).to(device)
     teacher = teachers.make(split.teacher, **split.teacher_settings)
     traj = rollout(teacher, problem, x0, split.steps)
@@ -77,10 +89,8 @@ def _write(path: Path, traj: Trajectory, split: Split) -> None:
     tensors = {f"states.{k}": v.contiguous() for k, v in traj.states.items()}
     tensors |= {f"extras.{k}": v.contiguous() for k, v in traj.extras.items()}
     tensors["diverged"] = traj.diverged.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, tmp, metadata={"split": json.dumps(dataclasses.asdict(split), default=str)})
-    os.replace(tmp, path)
+    metadata = {"split": json.dumps(dataclasses.asdict(split), default=str)}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _read(path: Path) -> Trajectory:
