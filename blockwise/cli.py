@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"train.workers={args.workers}")
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
     recipe = load_recipe(args.file, overrides)
     # Lightning's banner (accelerators found, tips) drowns the run's own report.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -271,6 +273,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train N blocks at once, each in its own process (= --set train.workers=N; "
         "greedy pairing trains them in order)",
+    )
+    u.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch computes with, per process (= --set threads=N); on a busy "
+        "machine fewer can be much faster",
     )
     u.set_defaults(func=run)
 

@@ -25,6 +25,7 @@ from blockwise.checkpoints import load_stack, save_stack
 from blockwise.config import Recipe
 from blockwise.evaluation.stack_eval import evaluate_stack
 from blockwise.evaluation.teacher_forced import format_table, teacher_forced_errors
+from blockwise.evaluation.trade import format_trade, layer_trade
 from blockwise.files import write_atomic
 from blockwise.model import ReadIO
 from blockwise.plots import plot_pretrain_errors, save
@@ -68,7 +69,13 @@ def run(recipe: Recipe, force: bool = False, log=print) -> dict:
         if done:
             log(f"{out} is a finished run of this recipe; nothing to do")
             return json.loads((out / "metrics.json").read_text())
-        return _stages(recipe, out, log)
+        threads = torch.get_num_threads()
+        if recipe.threads is not None:
+            torch.set_num_threads(recipe.threads)
+        try:
+            return _stages(recipe, out, log)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _stages(recipe: Recipe, out: Path, log) -> dict:
@@ -113,6 +120,10 @@ def _stages(recipe: Recipe, out: Path, log) -> dict:
     }
     log(f"rollout normalized error of {evaluations['stacked']['primary']} per layer (median):")
     log(_rollout_table(evaluations))
+    trade = None
+    if "finetuned" in evaluations:
+        trade = layer_trade(evaluations["stacked"], evaluations["finetuned"])
+        log(format_trade(trade))
     for name in ("finetuned", "looped"):
         if name in stacks and not (out / name).exists():
             save_stack(stacks[name], recipe, out / name, evaluations[name], stage=name)
@@ -130,6 +141,7 @@ def _stages(recipe: Recipe, out: Path, log) -> dict:
         "recipe": recipe.name,
         "pretrain": {"teacher_forced": rows},
         "evaluations": evaluations,
+        "finetune_trade": trade,
         "seconds": {"rollouts": made, "total": time.perf_counter() - start},
         "torch": torch.__version__,
     }

@@ -40,7 +40,7 @@ WRITTEN = (
 
 # Fields that change how a run executes, not what it computes: a run may resume under others.
 EXECUTION_ONLY = {
-    "": ("out",),
+    "": ("out", "threads"),
     "train": ("workers", "accelerator", "devices", "strategy", "log_every_n_steps"),
     "finetune": ("accelerator", "devices", "strategy", "log_every_n_steps"),
     "data": ("cache_dir",),

@@ -66,7 +66,12 @@ class Stack(nn.Module):
         return self.blocks[0 if self.looped else k - 1]
 
     def layer(self, k: int, state: State, problem: Problem) -> State:
-        """Layer k (1-indexed) applied to `state`: the emulated next state."""
+        """Layer k (1-indexed) applied to `state`: the emulated next state, in state's dtype.
+
+        Encode and decode run in the state's dtype; only the tokens, in the frame, are cast
+        to the blocks' dtype and back. A simplex 60 steps in lies below float32's resolution
+        of its own position, so a float64 trajectory must stay float64 between layers, while
+        its coordinates in the frame are O(1) and a float32 block resolves them."""
         enc = self.codec.encode(state, problem)
         dtype = self.readio.read_in.weight.dtype
         tokens = self.readio.layer(self.block(k), enc.tokens.to(dtype))

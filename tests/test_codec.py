@@ -16,6 +16,7 @@ from blockwise.problems import Frame
 from blockwise.teachers.nelder_mead import initial_simplex
 
 BATCH, DIM, STEPS, K = 4, 3, 6, 4  # states s_0 .. s_6 of 4 problems in 3-D; most tests use s_4
+FRAMES = frames.KINDS
 FAMILIES = ("quadratic", "least_squares", "rosenbrock")
 SETTINGS = {"least_squares": {"n_context": 5}}
 # The simplex teachers, with parallel NM moving P = 2 vertices under both of its rule sets.
@@ -39,7 +40,8 @@ def _rounding(a, b, dtype):
     torch.testing.assert_close(a, b, rtol=0, atol=tol)
 
 
-def _random_frame(like, seed=0):
+def _random_frame(like, seed=0, affine=False):
+    """A scale frame, or an affine one whose edge matrix is I + uniform(-0.5, 0.5) noise."""
     g = torch.Generator().manual_seed(seed)
     batch, n = like.shape[0], DIM
 
@@ -47,7 +49,11 @@ def _random_frame(like, seed=0):
         return (torch.rand(*shape, generator=g, dtype=torch.float64) + low).to(like)
 
     centre, f_shift = draw(batch, n) - 0.5, draw(batch) - 0.5
-    return Frame(centre, draw(batch, low=0.1), f_shift, draw(batch, low=0.1))
+    scale, f_scale = draw(batch, low=0.1), draw(batch, low=0.1)
+    if not affine:
+        return Frame(centre, scale, f_shift, f_scale)
+    edges = torch.eye(n).to(like) + draw(batch, n, n) - 0.5
+    return Frame(centre, torch.ones_like(scale), f_shift, f_scale, edges)
 
 
 def test_registry_covers_every_teacher():
@@ -57,14 +63,20 @@ def test_registry_covers_every_teacher():
 # ---------------------------------------------------------------- round trips and frames
 
 
+def _skip_unless_served(teacher, frame):
+    if frame not in codec.REGISTRY[teacher.name].frame_kinds:
+        pytest.skip(f"{teacher.name} has no {frame} frame (see test_affine_is_nelder_meads)")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("framed", [True, False])
+@pytest.mark.parametrize("frame", FRAMES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_identity_tokens_decode_to_the_input_state(teacher, family, mode, framed, dtype):
+def test_identity_tokens_decode_to_the_input_state(teacher, family, mode, frame, dtype):
+    _skip_unless_served(teacher, frame)
     problem, traj = _rollout(teacher, family, dtype)
     state = traj[K]
-    c = make_codec(teacher, problem, mode, framed)
+    c = make_codec(teacher, problem, mode, frame)
     enc = c.encode(state, problem)
     assert enc.tokens.shape == (BATCH, c.num_tokens, c.token_dim)
     assert enc.tokens.dtype == dtype
@@ -75,17 +87,19 @@ def test_identity_tokens_decode_to_the_input_state(teacher, family, mode, framed
     decoded = c.decode(enc.tokens, enc)
     assert list(decoded) == list(teacher.state_fields)
     for name in c.learned_fields:
-        if framed:
+        if frame != "none":
             _rounding(decoded[name], state[name], dtype)
         else:  # the identity frame changes nothing, not even the last bit
             assert torch.equal(decoded[name], state[name]), name
 
 
-def test_to_frame_and_from_frame_are_inverse(teacher):
+@pytest.mark.parametrize("affine", [False, True])
+def test_to_frame_and_from_frame_are_inverse(teacher, affine):
+    _skip_unless_served(teacher, "affine" if affine else "scale")
     problem, traj = _rollout(teacher, "quadratic", torch.float64)
     state = traj[K]
     c = make_codec(teacher, problem)
-    frame = _random_frame(state[c.learned_fields[0]])
+    frame = _random_frame(state[c.learned_fields[0]], affine=affine)
     there = c.to_frame(state, frame)
     back = c.from_frame(there, frame)
     again = c.to_frame({**state, **back}, frame)
@@ -137,19 +151,24 @@ def test_every_token_has_one_type_flag_a_one_and_only_its_own_slots(teacher, mod
     assert set(c.describe().split()) >= set(c.slots) | set(c.positions) | set(c.learned_fields)
 
 
-@pytest.mark.parametrize("framed", [True, False])
-def test_nelder_mead_vertex_tokens(framed):
+@pytest.mark.parametrize("frame", FRAMES)
+def test_nelder_mead_vertex_tokens(frame):
     teacher = teachers.make("nelder_mead")
     problem, traj = _rollout(teacher, "quadratic", torch.float64)
     simplex, f = traj[K]["simplex"], traj[K]["fvals"]
-    c = make_codec(teacher, problem, "in_context", framed)
+    c = make_codec(teacher, problem, "in_context", frame)
     enc = c.encode(traj[K], problem)
     vertices = enc.tokens[:, c.positions["vertex"]]
-    if framed:  # best vertex at 0, inf-norm spread 1; f from 0 (best) to 1 (worst)
+    if frame != "none":  # f from 0 (best) to 1 (worst)
+        f = (f - f[:, :1]) / (f[:, -1:] - f[:, :1])
+    if frame == "scale":  # best vertex at 0, inf-norm spread 1
         offsets = simplex - simplex[:, :1]
         simplex = offsets / offsets.abs().amax(dim=(1, 2))[:, None, None]
-        f = (f - f[:, :1]) / (f[:, -1:] - f[:, :1])
-    assert torch.equal(vertices[..., c.slots["coords"]], simplex)
+    if frame == "affine":  # the standard simplex 0, e_1, ..., e_n, to rounding
+        standard = torch.cat([torch.zeros(1, DIM), torch.eye(DIM)]).double().expand_as(simplex)
+        _rounding(vertices[..., c.slots["coords"]], standard, torch.float64)
+    else:
+        assert torch.equal(vertices[..., c.slots["coords"]], simplex)
     torch.testing.assert_close(vertices[..., c.slots["f"]][..., 0], f, rtol=0, atol=1e-15)
     ranks = torch.eye(DIM + 1, dtype=torch.float64).expand(BATCH, -1, -1)
     assert torch.equal(vertices[..., c.slots["index"]], ranks)
@@ -164,7 +183,7 @@ def test_cma_tokens(framed, mode):
     teacher = teachers.make("cma_es")
     problem, traj = _rollout(teacher, "quadratic", torch.float64)
     state = traj[K]
-    c = make_codec(teacher, problem, mode, framed)
+    c = make_codec(teacher, problem, mode, "scale" if framed else "none")
     tokens = c.encode(state, problem).tokens
 
     def at(kind, slot):
@@ -208,7 +227,8 @@ def test_gradient_tokens_on_least_squares(name, mode):
     value_scales = tokens[:, c.positions["value_scales"], c.slots["value_scales"]][:, 0]
     assert torch.equal(value_scales, torch.stack([torch.ones(BATCH).double(), -state["f"]], -1))
     iterate = tokens[:, c.positions["iterate"]]
-    assert not iterate[..., c.slots["coords"]].any() and not iterate[..., c.slots["f"]].any()
+    assert not iterate[..., c.slots["coords"]].any()
+    assert "f" not in c.slots  # f is bookkeeping: the step never reads it
     for buffer in set(teacher.state_fields) - {"x", "f", "step"}:
         assert torch.equal(tokens[:, c.positions[buffer], c.slots[buffer]][:, 0], state[buffer])
     if name != "gradient_descent":
@@ -236,9 +256,10 @@ def _trap(x0):
     return f
 
 
+@pytest.mark.parametrize("frame", ["scale", "affine"])
 @pytest.mark.parametrize("variant", sorted(SIMPLEX))
 @pytest.mark.parametrize("family", ["quadratic", "rosenbrock", "trap"])
-def test_oracle_next_simplex_is_a_selection_of_tokens_with_true_f(variant, family):
+def test_oracle_next_simplex_is_a_selection_of_tokens_with_true_f(variant, family, frame):
     teacher = SIMPLEX[variant]
     if family == "trap":
         x0 = torch.tensor([[0.5, -1.0, 2.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
@@ -249,7 +270,7 @@ def test_oracle_next_simplex_is_a_selection_of_tokens_with_true_f(variant, famil
         model, traj = _rollout(teacher, family, torch.float64)
         objective = model
         states = [traj[k] for k in range(STEPS)]
-    c = make_codec(teacher, model, "oracle")
+    c = make_codec(teacher, model, "oracle", frame)
     branches = []
     for state in states:
         enc = c.encode(state, objective)
@@ -295,6 +316,9 @@ def test_rollout_states_decode_with_the_next_steps_bookkeeping(teacher, mode):
                 _rounding(move[name], after[name], torch.float64)
             elif name in ("nfev", "done"):  # NM: carried, not emulated
                 assert torch.equal(move[name], now[name]) and torch.equal(stay[name], now[name])
+            elif name == "f":  # GD: evaluated at the decoded iterate, never read from a block
+                _rounding(move[name], after[name], torch.float64)
+                _rounding(stay[name], now[name], torch.float64)
             else:  # counters advance, keys stay
                 assert torch.equal(move[name], after[name]) and torch.equal(stay[name], after[name])
 
@@ -318,6 +342,17 @@ def test_cuda_equals_cpu(teacher, mode):
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize("name", ["cma_es", "gradient_descent", "momentum", "adam"])
+def test_affine_is_nelder_meads(name):
+    """Only the simplex codecs take the affine frame; the others refuse it by name."""
+    quadratic = problems.make("quadratic", batch=2, dim=DIM, seed=0)
+    teacher = teachers.make(name, **TEST_SETTINGS.get(name, {}))
+    with pytest.raises(ValueError, match=f"{name} codec: no 'affine' frame.*nelder_mead"):
+        make_codec(teacher, quadratic, frame="affine")
+    for variant in SIMPLEX.values():
+        assert make_codec(variant, quadratic, frame="affine").frame == "affine"
+
+
 def test_bad_input_is_named():
     quadratic = problems.make("quadratic", batch=2, dim=DIM, seed=0)
     nm = teachers.make("nelder_mead")
@@ -328,8 +363,8 @@ def test_bad_input_is_named():
         make_codec(3, quadratic)
     with pytest.raises(ValueError, match="unknown mode 'oracular'"):
         make_codec(nm, quadratic, mode="oracular")
-    with pytest.raises(ValueError, match="frame must be a bool"):
-        make_codec(nm, quadratic, frame=1)
+    with pytest.raises(ValueError, match=r"frame must be one of \('none', 'scale', 'affine'\)"):
+        make_codec(nm, quadratic, frame=True)
     with pytest.raises(TypeError, match="problem must be a blockwise Problem"):
         make_codec(nm, lambda x: (x**2).sum(-1))
     c = make_codec(nm, quadratic)

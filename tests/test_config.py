@@ -33,13 +33,13 @@ steps: 3
 out: elsewhere/full
 problem: {family: rosenbrock, dim: 3, settings: {shift: 0.5}, x0_radius: 1.5}
 teacher: {name: adam, settings: {lr: 0.01, betas: [0.8, 0.99]}}
-codec: {mode: oracle, frame: false}
+codec: {mode: oracle, frame: none}
 block: {width: 48, heads: 3, mlp_ratio: 0, norm: post, attention: linear, dropout: 0.1}
 pairing: greedy
 data: {train_problems: 100, val_problems: 10, test_problems: 20, train_seed: 5, val_seed: 6,
        test_seed: 7, cache_dir: cache}
 train: {max_epochs: 2, batch_size: 8, lr: 1e-2, weight_decay: 0.01, warmup_steps: 3,
-        schedule: constant, grad_clip: 0, loss_weights: {x: 2, f: 0.5}, accelerator: cpu,
+        schedule: constant, grad_clip: 0, loss_weights: {x: 2}, accelerator: cpu,
         devices: 2, strategy: ddp, precision: 64-true, deterministic: true, workers: 2,
         log_every_n_steps: 1}
 finetune: {max_epochs: 0}
@@ -288,7 +288,7 @@ def test_sizes_have_upper_bounds(tmp_path, override, key_path, words):
 
 
 def test_a_rollout_larger_than_memory_is_refused(tmp_path):
-    big = ["problem.dim=256", "steps=10000", "data.train_problems=16777216"]
+    big = ["problem.dim=64", "steps=10000", "data.train_problems=16777216"]
     err = _refused(_write(tmp_path, "steps: 2\n"), big, seconds=5.0)
     assert "memory" in err.message and "steps" in err.message
     assert "data.train_problems" in err.message and "problem.dim" in err.message
@@ -335,7 +335,8 @@ def test_ordinary_numbers_still_read_as_numbers(tmp_path):
         ("nelder_mead", "nfev", "simplex, fvals"),
         ("nelder_mead", "done", "simplex, fvals"),
         ("cma_es", "generation", "mean, sigma, C, p_sigma, p_c"),
-        ("adam", "step", "x, f, m, v"),
+        ("adam", "step", "x, m, v"),
+        ("adam", "f", "x, m, v"),  # f is bookkeeping: evaluated, never learned
     ],
 )
 def test_loss_weights_name_learned_fields(teacher, field, learned):
@@ -375,3 +376,21 @@ def test_train_and_finetune_share_their_common_fields():
     assert set(train) - set(finetune) == {"workers"}
     for name in set(train) & set(finetune):
         assert train[name] is finetune[name], name  # declared once
+
+
+@pytest.mark.parametrize(
+    "teacher, kind",
+    [("nelder_mead", "affine"), ("parallel_nelder_mead", "affine"), ("cma_es", "scale"),
+     ("adam", "scale")],
+)
+def test_the_auto_frame_resolves_to_the_best_kind_the_codec_has(teacher, kind):
+    recipe = recipe_from_dict({"teacher": {"name": teacher}})
+    assert recipe.codec.frame == kind
+    # Resolved recipes (saved runs, checkpoints) name the kind, and read back as it.
+    assert recipe_from_dict(recipe_to_dict(recipe)).codec.frame == kind
+
+
+def test_balance_layers_is_refused_with_the_optimize_objective():
+    with pytest.raises(RecipeError) as info:
+        recipe_from_dict({"finetune": {"objective": "optimize", "balance_layers": True}})
+    assert info.value.key_path == "finetune.balance_layers"

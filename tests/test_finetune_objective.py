@@ -23,7 +23,10 @@ from blockwise.stack import Stack
 from blockwise.training.finetune import RolloutBatch, StackModule, log_normalized_loss
 
 K = 3
-RECIPE = recipe_from_dict({"steps": K, "block": {"width": 32, "heads": 4}})
+# The scale frame: frame_mse is checked below against that frame written out by hand.
+RECIPE = recipe_from_dict(
+    {"steps": K, "block": {"width": 32, "heads": 4}, "codec": {"frame": "scale"}}
+)
 
 
 def normalized(pred, target, prev):
@@ -135,7 +138,7 @@ def test_the_recipe_objective_reaches_the_module(tmp_path, monkeypatch):
     original = StackModule.layer_losses
 
     def spy(self, batch):
-        seen.append(self.objective)
+        seen.append((self.objective, self.balance_layers))
         return original(self, batch)
 
     monkeypatch.setattr(StackModule, "layer_losses", spy)
@@ -154,12 +157,13 @@ def test_the_recipe_objective_reaches_the_module(tmp_path, monkeypatch):
                 "max_epochs": 1,
                 "batch_size": 16,
                 "objective": "frame_mse",
+                "balance_layers": True,
                 "looped": False,
             },
         }
     )
     run(dataclasses.replace(recipe, out=str(tmp_path / "run")), log=lambda *_: None)
-    assert seen and set(seen) == {"frame_mse"}
+    assert seen and set(seen) == {("frame_mse", True)}
     with pytest.raises(ValueError, match="objective"):
         StackModule(
             Stack(
@@ -169,6 +173,35 @@ def test_the_recipe_objective_reaches_the_module(tmp_path, monkeypatch):
             ),
             objective="frame-mse",
         )
+
+
+def test_balanced_layers_add_up_the_log_of_each_layers_loss():
+    """On a stack that does nothing, and on made-up losses: layer 1 near exact going 100x
+    worse while layers 2-3 gain 1% is a gain to a plain sum and a loss of log(100) (less the
+    gains' logs) to the balanced one."""
+    problem = problems.make("quadratic", 16, 2, 5, **RECIPE.problem.settings)
+    traj = rollout("nelder_mead", problem, problem.sample_x0(seed=5), K)
+    codec = build_codec(RECIPE, problem)
+    stack = Stack(codec, ReadIO(codec.token_dim, 32), identity_blocks(RECIPE)).double()
+    batch = RolloutBatch(problem, traj.states)
+    plain = StackModule(stack, layer_weight_ratio=2.0)
+    balanced = StackModule(stack, layer_weight_ratio=2.0, balance_layers=True)
+    losses = plain.layer_losses(batch)
+    assert torch.equal(torch.stack(balanced.layer_losses(batch)), torch.stack(losses))
+    want = sum(2.0**k * math.log(x.item() + 1e-30) for k, x in enumerate(losses))
+    assert balanced.total_loss(losses).item() == pytest.approx(want, rel=1e-12)
+    assert plain.total_loss(losses).item() == pytest.approx(
+        sum(2.0**k * x.item() for k, x in enumerate(losses)), rel=1e-12
+    )
+    a, b = torch.tensor([1e-12, 1.0, 1.0]), torch.tensor([1e-10, 0.99, 0.99])
+    m = StackModule(stack, balance_layers=True)
+    assert m.total_loss(list(b)) - m.total_loss(list(a)) == pytest.approx(
+        math.log(100) + 2 * math.log(0.99), rel=1e-5
+    )
+    p = StackModule(stack)
+    assert p.total_loss(list(b)) < p.total_loss(list(a))  # the trade a plain sum takes
+    with pytest.raises(ValueError, match="balance_layers"):
+        StackModule(stack, objective="optimize", balance_layers=True)
 
 
 def test_every_block_gets_a_finite_nonzero_gradient_through_decode_and_sort():

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from blockwise import problems, teachers
+from blockwise.codec import make_codec
 from blockwise.model import Attention, Block, ReadIO
+from blockwise.rollout import rollout
+from blockwise.stack import Stack
 
 
 def test_softmax_attention_equals_torch_multihead_attention():
@@ -138,3 +141,46 @@ def test_linear_attention_block_computes_one_gradient_descent_step_exactly():
     expected = gd.step(problem, gd.init(problem, w))[0]["x"]
     torch.testing.assert_close(out[:, -1, ws], expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(out[:, :-1], tokens[:, :-1], rtol=0, atol=1e-15)
+
+
+def exact_gd_block(codec, width: int, eta: float, n_ctx: int) -> Block:
+    """One linear-attention head that computes a GD step in the codec's own token layout.
+
+    In the frame the iterate is w' = 0 and context token i holds [x_i, y_i'] with the residual
+    y_i' = y_i - x_i . w, so the step is w' <- w' + (eta/N) sum_i y_i' x_i: query the constant
+    1, key y_i' (zero on every other token), value x_i, written to the iterate's coordinates.
+    """
+    d = codec.dim
+    one, ctx, coords = (codec.slots[name] for name in ("one", "context", "coords"))
+    block = Block(width, 1, mlp_ratio=0.0, norm="none", attention="linear").double()
+    wq, wk, wv, wo = (torch.zeros(width, width, dtype=torch.float64) for _ in range(4))
+    wq[0, one.start] = 1.0
+    wk[0, ctx.start + d] = 1.0
+    eye = torch.eye(d, dtype=torch.float64)
+    wv[:d, ctx.start : ctx.start + d] = eye
+    wo[coords.start : coords.start + d, :d] = eta / n_ctx * eye
+    with torch.no_grad():
+        block.attn.qkv.weight.copy_(torch.cat([wq, wk, wv]))
+        block.attn.qkv.bias.zero_()
+        block.attn.out.weight.copy_(wo)
+        block.attn.out.bias.zero_()
+    return block
+
+
+def test_a_stack_of_exact_gd_blocks_rolls_out_exactly():
+    """f is bookkeeping: recomputed from the objective between layers, never a block's output,
+    so a stack exact in x stays exact at every layer (a learned f fed into the next layer's
+    frame once broke this: rollout error 0.08 at layer 2 from blocks exact to 1e-7)."""
+    d, n_ctx, batch, eta, depth = 4, 10, 8, 0.7, 6
+    problem = problems.make("least_squares", batch=batch, dim=d, seed=5, n_context=n_ctx)
+    gd = teachers.make("gradient_descent", lr=eta)
+    codec = make_codec(gd, problem, mode="in_context")
+    width = 16
+    blocks = [exact_gd_block(codec, width, eta, n_ctx) for _ in range(depth)]
+    stack = Stack(codec, ReadIO(codec.token_dim, width).double(), blocks)
+    traj = rollout(gd, problem, problem.sample_x0(seed=6), depth)
+    emulated = stack(problem, traj[0])
+    for k, state in enumerate(emulated, start=1):
+        torch.testing.assert_close(state["x"], traj.states["x"][k], rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(state["f"], traj.states["f"][k], rtol=1e-12, atol=1e-13)
+    assert "f" not in codec.learned_fields

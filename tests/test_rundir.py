@@ -260,3 +260,44 @@ def test_eval_json_into_a_missing_directory_is_one_line(tmp_path, capsys):
                  "--json", str(tmp_path / "missing" / "m.json")])
     assert code == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", ["ckpt", "config_dir", "plain"])
+def test_eval_of_something_not_a_checkpoint_is_one_line(tmp_path, capsys, make):
+    if make == "ckpt":
+        path = tmp_path / "last.ckpt"
+        path.write_bytes(b"PK\x03\x04 a pickle")
+    elif make == "config_dir":
+        path = tmp_path / "ckpt"
+        (path / "config.json").mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"")
+    else:
+        path = tmp_path / "notes.txt"
+        path.write_text("x")
+    assert main(["eval", str(path)]) == 2
+    said = capsys.readouterr().err.strip()
+    assert "\n" not in said and str(path) in said
+
+
+def test_a_damaged_rollout_cache_is_set_aside_and_rolled_out_again(tmp_path):
+    from blockwise.build import data_splits
+    from blockwise.rollout_cache import load_or_roll_out
+
+    split = data_splits(tiny(tmp_path, tmp_path / "run"))["val"]
+    _, first = load_or_roll_out(split, tmp_path / "cache")
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="unreadable rollout cache"):
+        _, again = load_or_roll_out(split, tmp_path / "cache")
+    assert torch.equal(first.states["simplex"], again.states["simplex"])
+    assert cached.with_name(cached.name + ".corrupt").exists()
+
+
+def test_threads_change_how_a_run_executes_not_what_it_computes(tmp_path):
+    with claim(tiny(tmp_path, tmp_path / "run", "threads=1")):
+        pass
+    with claim(tiny(tmp_path, tmp_path / "run", "threads=2")) as (_, done):
+        assert not done  # resumed, not refused
+    threads = torch.get_num_threads()
+    run(tiny(tmp_path, tmp_path / "run", "threads=1"), log=lambda *_: None)
+    assert torch.get_num_threads() == threads  # a run leaves the caller's setting as it was

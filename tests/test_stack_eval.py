@@ -345,7 +345,7 @@ def test_eval_checkpoint_reevaluates_a_saved_stack(data, monkeypatch):
     with pytest.raises(ValueError, match="depends on n"):
         eval_checkpoint("ckpt", dim=3)
     with pytest.raises(ValueError, match="slots"):
-        eval_checkpoint("ckpt", family="sphere", problems=4)
+        eval_checkpoint("ckpt", family="rosenbrock", problems=4)
     with pytest.raises(ValueError, match="held-out"):
         eval_checkpoint("ckpt", seed=RECIPE.data.train_seed)
     with pytest.raises(ValueError, match="beyond='last'"):

@@ -23,6 +23,7 @@ from blockwise.config import (
     recipe_to_dict,
     saved_recipe,
 )
+from blockwise.config.load import RETYPED
 from blockwise.files import left_aside
 from blockwise.jsonable import to_jsonable
 from blockwise.stack import Stack
@@ -104,7 +105,7 @@ def describe(
             # The codec keeps only the layout of a problem; its settings come from the recipe.
             "problem_settings": dict(recipe.problem.settings),
             "mode": codec.mode,
-            "frame": codec.framed,
+            "frame": codec.frame,
             "token_dim": codec.token_dim,
             "num_tokens": codec.num_tokens,
         },
@@ -134,8 +135,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
     _check_fields(file, config)
     _check_sizes(file, config)
     _check_tensors(file, config)
+    _retype_codec(config)
     config["recipe"] = _check_recipe(file, config)
     return config
+
+
+def _retype_codec(config: dict[str, Any]) -> None:
+    """codec.frame as today's kind: checkpoints saved when it was a bool hold true (the scale
+    frame) or false (none), as their recipe does (`saved_recipe` translates that)."""
+    frame = config["codec"]["frame"]
+    if type(frame) is bool:
+        config["codec"]["frame"] = RETYPED[("codec", "frame")][frame]
 
 
 def checkpoint_dir(path: Path) -> Path:

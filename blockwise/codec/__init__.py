@@ -2,7 +2,7 @@
 
     >>> from blockwise import problems
     >>> problem = problems.make("sphere", batch=2, dim=3, seed=0)
-    >>> codec = make_codec("nelder_mead", problem, mode="in_context", frame=True)
+    >>> codec = make_codec("nelder_mead", problem, mode="in_context", frame="affine")
     >>> state = teachers.make("nelder_mead").init(problem, problem.sample_x0(seed=1))
     >>> enc = codec.encode(state, problem)
     >>> enc.tokens.shape == (2, codec.num_tokens, codec.token_dim)
@@ -38,7 +38,7 @@ REGISTRY: dict[str, type[Codec]] = {
 
 
 def make_codec(
-    teacher: Teacher | str, problem: Problem, mode: str = "in_context", frame: bool = True
+    teacher: Teacher | str, problem: Problem, mode: str = "in_context", frame: str = "scale"
 ) -> Codec:
     """The codec for `teacher` (an instance, or a registry name with default settings) on
     problems of `problem`'s family, dimension and settings.
@@ -46,7 +46,9 @@ def make_codec(
     Args:
         mode: "in_context" (problem tokens; the network evaluates f) or "oracle" (f values, or
             the gradient, at the points the step needs are computed at encode time).
-        frame: normalize into a frame computed from the input state (see each codec).
+        frame: the frame computed from the input state that encode normalizes into: "none",
+            "scale" (translation and scale) or "affine" (the simplex codecs only); see
+            `blockwise.codec.frame` and each codec.
     """
     if not isinstance(teacher, (str, Teacher)):
         raise TypeError(

@@ -1,6 +1,6 @@
 """The codec contract: a teacher's state <-> a token sequence, in a frame.
 
-    codec = make_codec(teacher, problem, mode="in_context", frame=True)
+    codec = make_codec(teacher, problem, mode="in_context", frame="scale")
     enc = codec.encode(state, problem)       # enc.tokens (B, T, D), enc.frame, enc.state
     fields = codec.read(tokens_out)          # the learned fields, in enc's frame
     state = codec.decode(tokens_out, enc)    # a full state in original coordinates
@@ -17,10 +17,15 @@ Modes:
     oracle      the f values at the points the step needs are computed here, at encode time,
                 and given as tokens; problem tokens are left out where the step needs nothing
                 else of f.
-With frame=True the codec normalizes into a frame computed from the input state (see
-`blockwise.codec.frame`), so a step is learned scale-free; frame=False uses the identity.
-Fields the network does not predict (counters, keys, flags) are carried over from the encoded
-state by `decode`; each codec's `bookkeeping` says how.
+Frames (`blockwise.codec.frame`): with frame="scale" the codec normalizes into a
+translation-and-scale frame computed from the input state, so a step is learned scale-free;
+"affine" (the simplex codecs only) maps the current simplex to the standard simplex, so a step
+of an affine-equivariant optimizer looks the same at every k; "none" uses the identity.
+Fields the network does not predict are bookkeeping, filled in by `decode`: counters, keys and
+flags carried over from the encoded state, and quantities the step does not need from the
+network (GD's f(x)) recomputed from the objective at the emulated point, never taken from a
+block's output, so a stack's error cannot leak through them. Each codec's `bookkeeping` says
+how.
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ class Encoded:
 
     Attributes:
         tokens: (B, T, D), in the frame.
-        frame: the frame the tokens are in (the identity frame when the codec has frame=False).
+        frame: the frame the tokens are in (the identity frame when the codec has frame="none").
         state: the state that was encoded, kept so `decode` can carry its bookkeeping fields.
+        objective: the objective it was encoded on, for the bookkeeping `decode` recomputes.
     """
 
     tokens: Tensor
     frame: Frame
     state: State
+    objective: Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +75,7 @@ class Codec:
 
     Attributes:
         teacher, mode, dim, family: what the codec was built for.
-        framed: whether encode normalizes into a frame (make_codec's `frame`).
+        frame: the kind of frame encode normalizes into (make_codec's `frame`).
         learned_fields: the state fields the network predicts.
         bookkeeping: the other state fields -> how `decode` fills them (not emulated).
         placements: learned field -> its Placement.
@@ -81,25 +88,35 @@ class Codec:
     """What the index one-hot says, for codecs whose tokens carry one."""
     oracle_needs_problem: ClassVar[bool] = False
     """Whether oracle mode keeps the problem tokens (the step needs f beyond the oracle's)."""
+    frame_kinds: ClassVar[tuple[str, ...]] = ("none", "scale")
+    """The frame kinds the codec can encode in."""
 
-    def __init__(self, teacher: Teacher, problem: Problem, mode: str, frame: bool):
+    def __init__(self, teacher: Teacher, problem: Problem, mode: str, frame: str):
         name = getattr(teacher, "name", type(teacher).__name__)
         if mode not in MODES:
             raise ValueError(f"{name} codec: unknown mode {mode!r}; expected one of {MODES}")
-        if not isinstance(frame, bool):
-            raise ValueError(f"{name} codec: frame must be a bool, got {frame!r}")
+        if not isinstance(frame, str) or frame not in frames.KINDS:
+            raise ValueError(f"{name} codec: frame must be one of {frames.KINDS}, got {frame!r}")
+        if frame not in self.frame_kinds:
+            raise ValueError(
+                f"{name} codec: no {frame!r} frame (expected one of {self.frame_kinds}); the "
+                "affine frame is for the simplex codecs (nelder_mead, parallel_nelder_mead), "
+                "whose optimizer is affine-equivariant"
+            )
         if not isinstance(problem, Problem):
             raise TypeError(
                 f"{name} codec: problem must be a blockwise Problem (it gives n and the problem "
                 f"token groups), got {type(problem).__name__}; a plain callable has no problem "
                 "tokens to tell the network f"
             )
-        self.teacher, self.mode, self.framed = teacher, mode, frame
+        self.teacher, self.mode, self.frame = teacher, mode, frame
         self.dim, self.family = problem.dim, problem.family
         self.has_problem_tokens = mode == "in_context" or self.oracle_needs_problem
         self._configure()
-        # Group shapes from one instance: a codec serves any batch of the same family.
-        groups = problem[0].problem_tokens() if self.has_problem_tokens else {}
+        # Group shapes from one instance, in the identity frame of the codec's kind (an affine
+        # frame may add groups): a codec serves any batch of the same family.
+        identity = Frame.identity(1, problem.dim, problem.params_dtype, frame == "affine")
+        groups = problem[0].problem_tokens(identity) if self.has_problem_tokens else {}
         self.groups = {name: tuple(value.shape[1:]) for name, value in groups.items()}
         own = self._slots()
         clash = set(own) & set(self.groups)
@@ -149,8 +166,9 @@ class Codec:
     def _from_frame(self, fields: dict[str, Tensor], frame: Frame) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def _carry(self, state: State) -> State:
-        """The bookkeeping fields of the state after the step, from the encoded state."""
+    def _carry(self, state: State, fields: dict[str, Tensor], objective: Objective) -> State:
+        """The bookkeeping fields of the state after the step, from the encoded `state`, the
+        step's learned `fields` (original coordinates) and the objective."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the contract
@@ -158,6 +176,11 @@ class Codec:
     @property
     def name(self) -> str:
         return self.teacher.name
+
+    @property
+    def framed(self) -> bool:
+        """Whether encode normalizes into a frame (any kind but "none")."""
+        return self.frame != "none"
 
     @property
     def num_tokens(self) -> int:
@@ -195,7 +218,7 @@ class Codec:
             self._put_problem_tokens(tokens, objective, frame)
         self._put_fields(tokens, self._to_frame(state, frame))
         self._put_inputs(tokens, state, inputs, frame)
-        return Encoded(tokens, frame, state)
+        return Encoded(tokens, frame, state, objective)
 
     def read(self, tokens: Tensor) -> dict[str, Tensor]:
         """The learned fields in the frame, from tokens (B, T, D): field -> (B, ...)."""
@@ -229,13 +252,13 @@ class Codec:
         """The full state after the step from output tokens (B, T, D): the learned fields read
         and taken out of enc's frame, the bookkeeping fields from enc.state."""
         fields = self._from_frame(self.read(tokens), enc.frame)
-        state = {**self._carry(enc.state), **fields}
+        state = {**self._carry(enc.state, fields, enc.objective), **fields}
         return {name: state[name] for name in self.teacher.state_fields}
 
     def describe(self) -> str:
         """A printable table of the token layout, the learned fields and the bookkeeping."""
         lines = [
-            f"{self.name} codec ({type(self).__name__}): mode={self.mode}, frame={self.framed}, "
+            f"{self.name} codec ({type(self).__name__}): mode={self.mode}, frame={self.frame}, "
             f"family={self.family}, n={self.dim}",
             self.layout.describe(),
             "learned fields",
@@ -248,7 +271,7 @@ class Codec:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}({self.name}, mode={self.mode!r}, frame={self.framed}, "
+            f"{type(self).__name__}({self.name}, mode={self.mode!r}, frame={self.frame!r}, "
             f"family={self.family!r}, n={self.dim}, T={self.num_tokens}, D={self.token_dim})"
         )
 

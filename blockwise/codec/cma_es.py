@@ -27,7 +27,7 @@ problem tokens are left out: the update needs nothing else of f.
 Frame: centre = m, scale = sigma, f_shift = min_k f(x_k), f_scale = max_k f(x_k) - min_k f(x_k)
 (floored at float resolution, see `frame.floor`), so candidates are y_k = C^1/2 z_k, the mean
 is 0 and sigma is 1 on input. C and the paths are already scale-free and are not transformed.
-The f values are computed at encode time in both modes when frame=True; in in_context mode
+The f values are computed at encode time in both modes when framed ("scale"); in in_context mode
 they reach the network only through the frame (the problem tokens' curvature and offset).
 
 Learned fields: mean, sigma, C, p_sigma, p_c. Not emulated: generation is advanced by one and
@@ -141,5 +141,5 @@ class CMACodec(Codec):
             "p_c": fields["p_c"],
         }
 
-    def _carry(self, state: State) -> State:
+    def _carry(self, state: State, fields: dict[str, Tensor], objective: Objective) -> State:
         return {"generation": state["generation"] + 1, "key": state["key"]}

@@ -1,11 +1,16 @@
 """Frames: the affine change of coordinates a codec normalizes a state into.
 
 A `Frame` (from `blockwise.problems`) holds centre c (B, n), scale s (B,), f_shift and f_scale
-(B,). In the frame a point x is x' = (x - c) / s and a value f is f' = (f - f_shift) / f_scale,
-so the objective becomes g(x') = (f(c + s x') - f_shift) / f_scale. A gradient-like vector (a
+(B,), and in an affine frame an edge matrix E (B, n, n). In the frame a point x is
+x' = L^-1 (x - c), with L = s I or L = E, and a value f is f' = (f - f_shift) / f_scale, so the
+objective becomes g(x') = (f(c + L x') - f_shift) / f_scale. A gradient-like vector (a
 gradient, a momentum buffer, Adam's m) transforms as the gradient of g, g' = (s / f_scale) g,
-and its elementwise square (Adam's v) by the square of that factor. Each codec says where its
-centre and scales come from; all of them come from the state being encoded, never the next one.
+and its elementwise square (Adam's v) by the square of that factor (scale frames only: the
+codecs with such fields refuse the affine frame). Each codec says where its centre and scales
+come from; all of them come from the state being encoded, never the next one.
+
+Kinds (`make_codec`'s `frame`): "none" (the identity), "scale" (translation and scale) and
+"affine" (the simplex codecs: the current simplex becomes the standard simplex).
 """
 
 from __future__ import annotations
@@ -15,12 +20,33 @@ from torch import Tensor
 
 from blockwise.problems import Frame
 
+KINDS = ("none", "scale", "affine")
+
+MAX_CONDITION = 1e4
+"""cond(E) from which an affine frame is refused for a row: 0.1-0.3% of Nelder–Mead simplices
+on rotated quadratics reach it, where a step of E^-1 would amplify rounding by as much."""
+
 
 def identity(batch: int, n: int, like: Tensor) -> Frame:
     """The identity frame, in the dtype and on the device of `like`."""
     zeros = like.new_zeros(batch)
     ones = like.new_ones(batch)
     return Frame(like.new_zeros(batch, n), ones, zeros, ones)
+
+
+def guarded_edges(edges: Tensor, scale: Tensor) -> Tensor:
+    """The edge matrices E (B, n, n) of an affine frame, with each row that is degenerate
+    (cond(E) >= MAX_CONDITION, singular or not finite) replaced by scale I (scale (B,)): that
+    row falls back to the translation-and-scale frame, so it is still encoded and scored (its
+    inputs are not the standard simplex, so a block trained in the affine frame may err there).
+    """
+    finite = torch.isfinite(edges).all(dim=(1, 2))
+    eye = torch.eye(edges.shape[-1], dtype=edges.dtype, device=edges.device)
+    # One batched SVD fails for the whole batch on a non-finite row: give those rows I.
+    safe = torch.where(finite[:, None, None], edges, eye)
+    sv = torch.linalg.svdvals(safe)  # (B, n), descending
+    ok = finite & (sv[:, -1] * MAX_CONDITION > sv[:, 0])
+    return torch.where(ok[:, None, None], edges, scale[:, None, None] * eye)
 
 
 def floor(spread: Tensor, magnitude: Tensor) -> Tensor:
@@ -33,7 +59,8 @@ def floor(spread: Tensor, magnitude: Tensor) -> Tensor:
 
 def cast(frame: Frame, like: Tensor) -> Frame:
     """The frame in the dtype and on the device of `like`."""
-    return Frame(*(t.to(like) for t in (frame.centre, frame.scale, frame.f_shift, frame.f_scale)))
+    fields = (frame.centre, frame.scale, frame.f_shift, frame.f_scale, frame.edges)
+    return Frame(*(None if t is None else t.to(like) for t in fields))
 
 
 def _per_row(t: Tensor, x: Tensor) -> Tensor:
@@ -42,15 +69,13 @@ def _per_row(t: Tensor, x: Tensor) -> Tensor:
 
 
 def points_to(frame: Frame, x: Tensor) -> Tensor:
-    """Points x (B, ..., n) -> x' = (x - c) / s, same shape."""
-    centre = frame.centre.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],))
-    return (x - centre) / _per_row(frame.scale, x)
+    """Points x (B, ..., n) -> x' = L^-1 (x - c), same shape."""
+    return frame.points_to(x)
 
 
 def points_from(frame: Frame, x: Tensor) -> Tensor:
-    """Points x' (B, ..., n) in the frame -> x = c + s x', same shape."""
-    centre = frame.centre.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],))
-    return centre + _per_row(frame.scale, x) * x
+    """Points x' (B, ..., n) in the frame -> x = c + L x', same shape."""
+    return frame.points_from(x)
 
 
 def values_to(frame: Frame, f: Tensor) -> Tensor:

@@ -25,9 +25,18 @@ Lee & Wiswall's; so they are the same floats the step evaluates), evaluates them
 as tokens: the next simplex is then a selection of tokens (sorted), and the problem tokens are
 left out.
 
-Frame: centre = the best vertex v_0, scale = max_i ||v_i - v_0||_inf, f_shift = f_0,
-f_scale = f_n - f_0 (both floored at float resolution, see `frame.floor`), so the input simplex
-has coordinates in [-1, 1] with v_0 at 0, and f in [0, 1].
+Frames: f_shift = f_0 and f_scale = f_n - f_0 (floored at float resolution, see `frame.floor`)
+in both, so the input simplex has f in [0, 1].
+    scale   centre = the best vertex v_0, scale = max_i ||v_i - v_0||_inf (floored likewise):
+            the input simplex has coordinates in [-1, 1] with v_0 at 0.
+    affine  x = v_0 + E x', E = [v_1 - v_0, ..., v_n - v_0] (n x n) of the sorted simplex: the
+            input simplex is 0, e_1, ..., e_n at every step. Nelder–Mead is affine-equivariant
+            (its branch depends only on the order of the f values, its next simplex is an
+            affine combination of the current vertices), so in this frame the teacher's next
+            vertices lie in a finite set of points fixed by the coefficients (e.g. the
+            reflection (1 + rho) xbar' - rho e_n, xbar' = (e_1 + ... + e_{n-1}) / n), whatever
+            the step k. Degenerate rows (cond(E) >= 1e4, see `frame.guarded_edges`) fall back
+            to the scale frame, so every problem is still encoded and scored.
 
 Learned fields: simplex, fvals (the next sorted simplex, read from the vertex tokens).
 Not emulated: nfev is carried unchanged (its increment depends on the branch taken) and so is
@@ -65,6 +74,7 @@ class SimplexCodec(Codec):
         "done": "carried unchanged (the xatol / fatol convergence test is not emulated)",
     }
     index_meaning = "vertex rank; for a trial or shrink point, the rank of the vertex it moves"
+    frame_kinds = frames.KINDS
 
     def _configure(self) -> None:
         parallel = isinstance(self.teacher, ParallelNelderMead)
@@ -116,7 +126,10 @@ class SimplexCodec(Codec):
         spread = (simplex - best[:, None, :]).abs().amax(dim=(1, 2))
         scale = frames.floor(spread, simplex.abs().amax(dim=(1, 2)))
         f_scale = frames.floor(fvals[:, -1] - fvals[:, 0], fvals.abs().amax(dim=1))
-        return Frame(best, scale, fvals[:, 0], f_scale)
+        if self.frame == "scale":
+            return Frame(best, scale, fvals[:, 0], f_scale)
+        edges = frames.guarded_edges((simplex[:, 1:] - best[:, None, :]).mT, scale)
+        return Frame(best, torch.ones_like(scale), fvals[:, 0], f_scale, edges)
 
     def _put_inputs(
         self, tokens: Tensor, state: State, inputs: dict[str, Tensor], frame: Frame
@@ -139,7 +152,7 @@ class SimplexCodec(Codec):
             "fvals": frames.values_from(frame, fields["fvals"]),
         }
 
-    def _carry(self, state: State) -> State:
+    def _carry(self, state: State, fields: dict[str, Tensor], objective: Objective) -> State:
         return {"nfev": state["nfev"], "done": state["done"]}
 
     def decode(self, tokens: Tensor, enc: Encoded) -> State:

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from blockwise import problems, teachers
+from blockwise.codec import REGISTRY as CODECS
 from blockwise.codec import make_codec
 from blockwise.config.schema import Check, Recipe
 
@@ -146,15 +147,25 @@ REMOVED = {
 }
 
 
+# Fields whose type changed, with each old value's meaning in the new type: a saved recipe
+# holding an old value reads as what it computed.
+RETYPED = {("codec", "frame"): {True: "scale", False: "none"}}
+
+
 def saved_recipe(data: Any) -> Any:
     """A resolved recipe as a run directory or checkpoint saved it (a mapping), with the
-    fields it predates filled in as `ADDED_LATER` says and those `REMOVED` since dropped."""
+    fields it predates filled in as `ADDED_LATER` says, old values of fields `RETYPED` since
+    translated and those `REMOVED` since dropped."""
     if not isinstance(data, dict):
         return data
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for (section, key), value in ADDED_LATER.items():
         if isinstance(data.get(section), dict):
             data[section].setdefault(key, value)
+    for (section, key), meaning in RETYPED.items():
+        fields = data.get(section)
+        if isinstance(fields, dict) and type(fields.get(key)) is bool:
+            fields[key] = meaning[fields[key]]
     for (section, key), (value, _) in REMOVED.items():
         fields = data.get(section)
         if isinstance(fields, dict) and type(fields.get(key)) is type(value):
@@ -376,8 +387,11 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
         teacher.init(problem, problem.sample_x0(seed=d.train_seed, radius=p.x0_radius))
     except (TypeError, ValueError) as err:
         raise RecipeError(file, "teacher.settings", str(err)) from None
+    frame = recipe.codec.frame
+    if frame == "auto":
+        frame = "affine" if "affine" in CODECS[t.name].frame_kinds else "scale"
     try:
-        codec = make_codec(teacher, problem, mode=recipe.codec.mode, frame=recipe.codec.frame)
+        codec = make_codec(teacher, problem, mode=recipe.codec.mode, frame=frame)
     except (TypeError, ValueError) as err:
         raise RecipeError(file, "codec", str(err)) from None
     for stage in ("train", "finetune"):
@@ -391,6 +405,12 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
                 f"{', '.join(not_learned) or 'nothing'} over unlearned)",
             )
     f = recipe.finetune
+    if f.balance_layers and f.objective == "optimize":
+        raise RecipeError(
+            file, "finetune.balance_layers",
+            "expected false with finetune.objective optimize (its per-layer loss is already a "
+            "log), got true",
+        )
     if f.freeze_blocks_epochs and not f.train_readio:
         raise RecipeError(
             file, "finetune.freeze_blocks_epochs",
@@ -413,6 +433,7 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
         recipe,
         problem=dataclasses.replace(p, settings=dict(problem.settings)),
         teacher=dataclasses.replace(t, settings=dataclasses.asdict(teacher)),
+        codec=dataclasses.replace(recipe.codec, frame=frame),
     )
 
 

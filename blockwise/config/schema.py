@@ -126,9 +126,14 @@ class CodecConfig:
         "parameters, the network evaluates f itself) or oracle (f values computed outside "
         "the network are given as tokens)."
     )
-    frame: bool = setting(
-        True, "Normalize each state into a frame (centre, scale) so a step is learned "
-        "scale-free; decoding undoes it."
+    frame: Literal["auto", "none", "scale", "affine"] = setting(
+        "auto", "The frame each state is normalized into, so a step is learned scale-free; "
+        "decoding undoes it. scale: translation to the best point and one scale; affine "
+        "(Nelder–Mead only): the current simplex becomes the standard simplex, so every step "
+        "looks alike (a degenerate simplex, cond >= 1e4, falls back to scale); none: identity; "
+        "auto: affine where the codec has it (its one-step error is 2-4x lower at every step, "
+        "benchmarks/frames.py), else scale, and the resolved recipe names the kind. Saved runs "
+        "from before it had a kind read true as scale, false as none."
     )
 
 
@@ -232,16 +237,24 @@ class TrainConfig(StageConfig):
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(StageConfig):
-    objective: Literal["log_normalized", "frame_mse"] = setting(
+    objective: Literal["log_normalized", "frame_mse", "optimize"] = setting(
         "log_normalized", "log_normalized: per layer and field, the mean over problems of "
         "log(1+e^2), e the normalized emulation error of the decoded state, as evaluation "
         "reports it (robust: problems that went astray do not dominate). frame_mse: the "
         "squared error of the output fields in the frame of the stack's own state at that "
-        "layer (pretraining's loss; runs saved before this setting existed used it)."
+        "layer (pretraining's loss; runs saved before this setting existed used it). "
+        "optimize: no teacher past s_0; per layer, the mean over problems of log of the "
+        "optimality gap f - f* at the decoded incumbent relative to s_0's, so the stack may "
+        "become a better optimizer than its teacher (loss_weights do not apply)."
     )
     supervision: Literal["every_layer", "last"] = setting(
         "every_layer", "Loss against the teacher's s_k at every layer (deep supervision) or at "
         "the last layer only."
+    )
+    balance_layers: bool = setting(
+        False, "Add up the log of each layer's loss instead of the losses, so that a relative "
+        "change weighs alike at every layer: a plain sum lets small relative gains at deep "
+        "layers buy a large relative loss at a near-exact early one. Not with optimize."
     )
     layer_weight_ratio: float = setting(
         1.0, "With every_layer supervision, layer k's loss weighs ratio^(k-1): 1 weighs all "
@@ -282,6 +295,12 @@ class Recipe:
     )
     out: str | None = setting(
         None, "Output directory; null means runs/<name>. Validation never creates it."
+    )
+    threads: int | None = setting(
+        None, "CPU threads torch computes with in this process, and in each process of "
+        "train.workers; null: torch's default (one per core), divided among the workers. "
+        "Changes how fast a run goes, not what it computes.",
+        Check(lambda v: v is None or 1 <= v <= 1024, "in [1, 1024]"),
     )
     problem: ProblemConfig = section(ProblemConfig, "The objective family and its instances.")
     teacher: TeacherConfig = section(TeacherConfig, "The optimizer the blocks emulate.")

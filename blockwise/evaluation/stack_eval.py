@@ -69,11 +69,11 @@ from blockwise.evaluation.metrics import (
 )
 from blockwise.evaluation.teacher_forced import one_step_errors
 from blockwise.jsonable import to_jsonable
-from blockwise.problems import Problem, evaluate
+from blockwise.optimality import objective_gap, optimum
+from blockwise.problems import Problem
 from blockwise.problems import make as sample_problems
 from blockwise.rollout import Trajectory, rollout
 from blockwise.stack import Stack
-from blockwise.teachers import State, Teacher
 
 LayerMetrics = dict[str, Any]
 """The JSON-able result of `evaluate_stack`; the module docstring gives its keys."""
@@ -81,7 +81,6 @@ LayerMetrics = dict[str, Any]
 BEYOND = ("none", "last")
 """Past the stack's depth: "none" is an error, "last" repeats the last block."""
 
-TINY = 1e-300  # the floor of an optimality gap, so that its log is finite
 
 
 @torch.no_grad()
@@ -201,26 +200,6 @@ def _by_branch(
     return out
 
 
-def _f(problem: Problem, x: Tensor) -> Tensor:
-    """f at one point per problem, x (B, n) -> (B,)."""
-    return evaluate(problem, x[:, None, :])[:, 0]
-
-
-def optimum(problem: Problem, teacher: Teacher, traj: Trajectory) -> Tensor:
-    """f* (B,): f at the family's known minimizer, else the smallest f the teacher reached at
-    its incumbents of s_0..s_K."""
-    first = teacher.incumbent(traj[0])
-    x_star = problem.minimizer()
-    if x_star is not None:
-        return _f(problem, x_star.to(first))
-    points = torch.stack([teacher.incumbent(traj[k]) for k in range(len(traj))], dim=1)
-    return evaluate(problem, points).amin(dim=1)  # points (B, K+1, n)
-
-
-def objective_gap(problem: Problem, teacher: Teacher, state: State, f_star: Tensor) -> Tensor:
-    """(B,) f(incumbent) - f*, at least 1e-300; inf where f is not finite (a blow-up)."""
-    f = _f(problem, teacher.incumbent(state))
-    return torch.where(f.isfinite(), (f - f_star).clamp(min=TINY), math.inf)
 
 
 def _layers(result: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Polygon
 
+from blockwise.files import write_atomic
 from blockwise.problems import Objective, evaluate
 from blockwise.rollout import Trajectory
 from blockwise.teachers import Teacher
@@ -24,14 +24,15 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (4.0, 3.5)) -> tuple[Figu
 
 def save(fig: Figure, path: str | Path) -> list[Path]:
     """Write `fig` as PNG and PDF beside each other (path without suffix); return both paths.
-    Each file appears whole or not at all (written beside, then renamed)."""
+    Each file appears whole or not at all (`files.write_atomic`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for p in out:
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        fig.savefig(tmp, format=p.suffix[1:], dpi=150, bbox_inches="tight")
-        os.replace(tmp, p)
+        write_atomic(
+            p, lambda tmp, kind=p.suffix[1:]: fig.savefig(
+                tmp, format=kind, dpi=150, bbox_inches="tight"
+            )
+        )
     return out
 
 

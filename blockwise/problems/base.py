@@ -93,13 +93,16 @@ class Problem:
         """What the network is told about f, as groups of tokens: name -> (B, T, w).
 
         Each group is T tokens with w slots of their own. With a frame, the tokens describe the
-        objective in the codec's frame, g(x') = (f(centre + scale x') - f_shift) / f_scale, so a
+        objective in the codec's frame, g(x') = (f(centre + L x') - f_shift) / f_scale, so a
         step can be learned scale-free. This default gives the raw parameters and the frame
-        itself as a token; families with a closed form in the frame override it.
+        itself as a token (in an affine frame also its edge matrix, one token per edge
+        v_i - v_0, i.e. per column of E); families with a closed form in the frame override it.
         """
         frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
         tokens = {name: _as_tokens(value) for name, value in self.params.items()}
         tokens["frame"] = frame.as_token()
+        if frame.affine:
+            tokens["edges"] = frame.edges.mT
         return tokens
 
     def minimizer(self) -> Tensor | None:
@@ -150,20 +153,60 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    """An affine frame for points and values: x = centre + scale x', f = f_shift + f_scale f'.
+    """An affine frame for points and values: x = centre + L x', f = f_shift + f_scale f'.
 
-    Attributes: centre (B, n); scale, f_shift, f_scale (B,), scales > 0.
+    The linear map L is scale I (a translation-and-scale frame), or, where `edges` is given,
+    the edge matrix E itself (an affine frame: Nelder–Mead's, where E's columns are the edges
+    v_i - v_0 of the current simplex, so its vertices become 0, e_1, ..., e_n).
+
+    Attributes: centre (B, n); scale, f_shift, f_scale (B,), scales > 0; edges (B, n, n) or
+    None. In an affine frame scale is 1: E carries the whole linear map.
     """
 
     centre: Tensor
     scale: Tensor
     f_shift: Tensor
     f_scale: Tensor
+    edges: Tensor | None = None
 
     @classmethod
-    def identity(cls, batch: int, dim: int, dtype: torch.dtype = torch.float64) -> Frame:
+    def identity(
+        cls, batch: int, dim: int, dtype: torch.dtype = torch.float64, affine: bool = False
+    ) -> Frame:
+        """The identity frame; with `affine`, as an affine frame (E = I)."""
         zeros, ones = torch.zeros(batch, dtype=dtype), torch.ones(batch, dtype=dtype)
-        return cls(torch.zeros(batch, dim, dtype=dtype), ones, zeros, ones)
+        edges = torch.eye(dim, dtype=dtype).expand(batch, dim, dim).clone() if affine else None
+        return cls(torch.zeros(batch, dim, dtype=dtype), ones, zeros, ones, edges)
+
+    @property
+    def affine(self) -> bool:
+        return self.edges is not None
+
+    def linear(self) -> Tensor:
+        """L (B, n, n): x - centre = L x'."""
+        if self.affine:
+            return self.edges
+        n = self.centre.shape[-1]
+        eye = torch.eye(n, dtype=self.scale.dtype, device=self.scale.device)
+        return self.scale[:, None, None] * eye
+
+    def points_to(self, x: Tensor) -> Tensor:
+        """Points x (B, ..., n) -> x' = L^-1 (x - centre), same shape."""
+        batch, n = x.shape[0], x.shape[-1]
+        d = x - self.centre.reshape((batch,) + (1,) * (x.ndim - 2) + (n,))
+        if not self.affine:
+            return d / self.scale.reshape((batch,) + (1,) * (x.ndim - 1))
+        rows = d.reshape(batch, -1, n)  # (B, m, n)
+        return torch.linalg.solve(self.edges, rows.mT).mT.reshape(x.shape)
+
+    def points_from(self, x: Tensor) -> Tensor:
+        """Points x' (B, ..., n) in the frame -> x = centre + L x', same shape."""
+        batch, n = x.shape[0], x.shape[-1]
+        centre = self.centre.reshape((batch,) + (1,) * (x.ndim - 2) + (n,))
+        if not self.affine:
+            return centre + self.scale.reshape((batch,) + (1,) * (x.ndim - 1)) * x
+        moved = x.reshape(batch, -1, n) @ self.edges.mT  # rows (E x')^T, (B, m, n)
+        return centre + moved.reshape(x.shape)
 
     def as_token(self) -> Tensor:
         """(B, 1, n + 3): [centre, scale, f_shift, f_scale]."""
@@ -172,10 +215,16 @@ class Frame:
 
     def value_scales(self) -> Tensor:
         """(B, 1, 2): [scale^2 / f_scale, -f_shift / f_scale], the curvature and offset a
-        quadratic-type objective picks up in the frame."""
+        quadratic-type objective picks up in a translation-and-scale frame."""
         return torch.stack([self.scale**2 / self.f_scale, -self.f_shift / self.f_scale], -1)[
             :, None, :
         ]
+
+    def curvature(self, a: Tensor) -> Tensor:
+        """L^T A L / f_scale (B, n, n) for A (B, n, n): the matrix of a quadratic form
+        (x - x*)^T A (x - x*) in the frame, divided by f_scale like f."""
+        lin = self.linear()
+        return lin.mT @ a @ lin / self.f_scale[:, None, None]
 
 
 def _as_tokens(value: Tensor) -> Tensor:

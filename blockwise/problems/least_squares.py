@@ -66,17 +66,25 @@ class LeastSquares(Problem):
         return residual @ p["x"] / p["x"].shape[1]
 
     def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
-        """context (N tokens [x_i, y_i']) and value_scales (1 token: curvature, offset), with
-        y_i' = (y_i - centre.x_i) / scale, so g(w') = curvature (1/2N) sum (w'.x_i - y_i')^2
-        + offset. The query pair is not a token: the step optimizes w, not a prediction.
+        """context (N tokens [x_i', y_i']) and value_scales (1 token: curvature, offset), so
+        g(w') = curvature (1/2N) sum (w'.x_i' - y_i')^2 + offset. The query pair is not a token:
+        the step optimizes w, not a prediction.
+
+        Since w.x_i = centre.x_i + (L w').x_i = centre.x_i + w'.(L^T x_i): in a scale frame
+        x_i' = x_i and y_i' = (y_i - centre.x_i) / scale, with curvature scale^2 / f_scale; in
+        an affine frame x_i' = E^T x_i and y_i' = y_i - centre.x_i, with curvature 1 / f_scale.
         """
         frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
         x, y = self.params["x"], self.params["y"]
-        y_frame = (y - (x * frame.centre[:, None, :]).sum(-1)) / frame.scale[:, None]
-        return {
-            "context": torch.cat([x, y_frame[..., None]], -1),
-            "value_scales": frame.value_scales(),
-        }
+        residual = y - (x * frame.centre[:, None, :]).sum(-1)  # (B, N)
+        offset = -frame.f_shift / frame.f_scale
+        if frame.affine:
+            value_scales = torch.stack([1 / frame.f_scale, offset], -1)[:, None, :]
+            context = torch.cat([x @ frame.edges, residual[..., None]], -1)
+        else:
+            value_scales = frame.value_scales()
+            context = torch.cat([x, (residual / frame.scale[:, None])[..., None]], -1)
+        return {"context": context, "value_scales": value_scales}
 
     def sample_x0(
         self, seed: int, radius: float = 2.0, dtype: torch.dtype = torch.float64

@@ -96,15 +96,16 @@ class Quadratic(Problem):
         return (q * lam[:, None, :]) @ q.transpose(-1, -2)
 
     def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
-        """A (n tokens, rows of A scaled by scale^2 / f_scale), x_opt (1 token, in the frame),
-        value_scales (1 token: curvature, offset), so g(x') = curvature-scaled quadratic + offset.
+        """A (n tokens, the rows of L^T A L / f_scale), x_opt (1 token, L^-1 (x* - centre)) and
+        offset (1 token, -f_shift / f_scale), so g(x') = (x' - x_opt')^T A' (x' - x_opt') +
+        offset, with L the frame's linear map (scale I, or the simplex's edge matrix E: then
+        A' = E^T A E / f_scale and x_opt' = E^-1 (x* - v_0)).
         """
         frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
-        curvature = (frame.scale**2 / frame.f_scale)[:, None, None]
-        x_opt = (self.params["x_opt"] - frame.centre) / frame.scale[:, None]
+        x_opt = frame.points_to(self.params["x_opt"][:, None, :])
         return {
-            "A": self.hessian_half() * curvature,
-            "x_opt": x_opt[:, None, :],
+            "A": frame.curvature(self.hessian_half()),
+            "x_opt": x_opt,
             "offset": (-frame.f_shift / frame.f_scale)[:, None, None],
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from blockwise import random
@@ -30,10 +31,16 @@ class Sphere(Problem):
 
     def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
         """x_opt (1 token, in the frame) and value_scales (1 token: curvature, offset):
-        g(x') = curvature ||x' - x_opt'||^2 + offset."""
+        g(x') = curvature ||x' - x_opt'||^2 + offset. In an affine frame the curvature is a
+        matrix, so the tokens are a quadratic's (see `Quadratic.problem_tokens`) with A = I:
+        A' = E^T E / f_scale (n tokens), x_opt', offset."""
         frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
-        x_opt = (self.params["x_opt"] - frame.centre) / frame.scale[:, None]
-        return {"x_opt": x_opt[:, None, :], "value_scales": frame.value_scales()}
+        x_opt = frame.points_to(self.params["x_opt"][:, None, :])
+        if frame.affine:
+            eye = torch.eye(self.dim, dtype=x_opt.dtype).expand(self.batch_size, -1, -1)
+            offset = (-frame.f_shift / frame.f_scale)[:, None, None]
+            return {"A": frame.curvature(eye), "x_opt": x_opt, "offset": offset}
+        return {"x_opt": x_opt, "value_scales": frame.value_scales()}
 
     def minimizer(self) -> Tensor:
         return self.params["x_opt"]

@@ -6,8 +6,15 @@ the teacher's s_k: by default through log(1 + e^2), e the normalized emulation e
 `blockwise.errors` on the decoded state, the one passed on and evaluated (the teacher's own move is
 the unit, so every problem and layer weighs alike, and the logarithm keeps problems that went
 astray from dominating), or by the squared error of the output fields in the emulated state's
-frame (pretraining's loss). At every layer (deep supervision, layer k weighted ratio^(k-1))
-or at the last one only. Blocks may be frozen for a first phase in which only the shared
+frame (pretraining's loss). Or the teacher is left behind ("optimize"): layer k's loss is the
+objective itself at the decoded incumbent, as log of the optimality gap relative to s_0's, so
+the stack may find a better optimizer than the one it was pretrained to copy (von Oswald et
+al. 2023, Fig. 3: K trained layers beat K steps of GD and match GD++). At every layer (deep
+supervision, layer k weighted ratio^(k-1)) or at the last one only. The layers' losses add
+up as they are, or as their logs ("balance_layers"): a plain sum lets a small relative gain
+at deep layers, whose errors are large, buy a large relative loss at an early, near-exact
+layer (GD: layer 1 went 200x worse for 20% at layers 2-4); a sum of logs weighs a relative
+change alike at every layer. Blocks may be frozen for a first phase in which only the shared
 read-in/read-out train (Lightning's `BaseFinetuning`). The looped baseline is the same module
 around a stack of one block applied K times.
 """
@@ -22,7 +29,8 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from blockwise.problems import Problem
+from blockwise.optimality import optimum
+from blockwise.problems import Problem, evaluate
 from blockwise.rollout import Trajectory
 from blockwise.stack import Stack
 from blockwise.training.batches import batch_loader
@@ -118,7 +126,33 @@ def log_normalized_loss(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
     return torch.where(moved, torch.log1p(ratio), 0.0).sum() / moved.sum().clamp(min=1)
 
 
-OBJECTIVES = ("log_normalized", "frame_mse")
+GAP_FLOOR = 1e-12
+"""Relative optimality gaps below this count as solved: it keeps log finite where a stack
+reaches f* exactly, far below what a float32 block resolves (f ~ |x - x*|^2, ~1e-14)."""
+
+
+def log_gap_loss(f: Tensor, f_start: Tensor, f_star: Tensor) -> Tensor:
+    """Mean over problems of log(max(f - f*, 0) / (f_0 - f*) + GAP_FLOOR), f (B,) the
+    objective at the stack's incumbent, f_0 (B,) at s_0, f* (B,) the optimum. Problems that
+    start at f* are left out. 0 = no progress, -log(10) per decade of the gap closed.
+
+    The log weighs every problem by its relative progress (like the progress ratio of
+    `evaluation.stack_eval`), so the problems GD barely moves count as much as the easy ones.
+    Below f* (a stack beating the teacher's best, where f* is that) there is nothing to gain and
+    no gradient. A non-finite f scores the largest finite loss, so a blow-up stays a loss."""
+    start = f_start - f_star
+    moved = start > 0
+    gap = (f - f_star).clamp(min=0) / torch.where(moved, start, 1.0)
+    big = torch.finfo(gap.dtype).max
+    loss = torch.log(torch.where(gap.isfinite(), gap, big).clamp(max=big) + GAP_FLOOR)
+    return torch.where(moved, loss, 0.0).sum() / moved.sum().clamp(min=1)
+
+
+OBJECTIVES = ("log_normalized", "frame_mse", "optimize")
+
+BALANCE_FLOOR = 1e-30
+"""Added to a layer's loss before its log under balance_layers, so an exact layer (loss 0)
+stays finite; far below float32's resolution of a normalized error squared (~1e-14)."""
 
 
 class StackModule(L.LightningModule):
@@ -132,7 +166,10 @@ class StackModule(L.LightningModule):
         lr, weight_decay, schedule, warmup_steps: as in `BlockModule`.
         train_readio: train the shared read-in/read-out too.
         name: used in messages.
-        objective: "log_normalized" or "frame_mse" (see the module's docstring).
+        objective: "log_normalized", "frame_mse" or "optimize" (see the module's
+            docstring); `optimize` scores no field, so loss_weights do not apply to it.
+        balance_layers: add up the layers' log losses (see the module's docstring); not with
+            `optimize`, whose layer losses are logs already.
     """
 
     def __init__(
@@ -148,13 +185,19 @@ class StackModule(L.LightningModule):
         train_readio: bool = False,
         name: str = "stack",
         objective: str = "log_normalized",
+        balance_layers: bool = False,
     ):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+        if balance_layers and objective == "optimize":
+            raise ValueError(
+                "balance_layers: the optimize objective's layer losses are logs "
+                "already (and negative); balance an emulation objective"
+            )
         if supervision not in ("every_layer", "last"):
             raise ValueError(f"supervision: expected every_layer or last, got {supervision!r}")
-        self.stack, self.objective = stack, objective
+        self.stack, self.objective, self.balance_layers = stack, objective, balance_layers
         self.train_readio = train_readio
         self.stack.readio.requires_grad_(train_readio)
         fields = stack.codec.learned_fields
@@ -172,27 +215,60 @@ class StackModule(L.LightningModule):
         codec, readio = self.stack.codec, self.stack.readio
         dtype = readio.read_in.weight.dtype
         state, losses = batch.state(0), []
+        if self.objective == "optimize":
+            f_star = self._f_star(batch)
+            f_start = self._f(batch.problem, state)
         for k in range(1, self.stack.depth + 1):
             enc = codec.encode(state, batch.problem)
             tokens = readio.layer(self.stack.block(k), enc.tokens.to(dtype)).to(enc.tokens.dtype)
             decoded = codec.decode(tokens, enc)
-            if self.objective == "frame_mse":
-                target = codec.to_frame(batch.state(k), enc.frame)
-                per_field = field_losses(codec.read(tokens), target)
+            if self.objective == "optimize":
+                losses.append(log_gap_loss(self._f(batch.problem, decoded), f_start, f_star))
             else:
-                # The state passed on and evaluated: decoded (a simplex re-sorted best first).
-                target, prev = batch.state(k), batch.state(k - 1)
-                per_field = {
-                    f: log_normalized_loss(decoded[f], target[f], prev[f])
-                    for f in codec.learned_fields
-                }
-            losses.append(sum(self.weights[f] * v for f, v in per_field.items()))
+                losses.append(self._emulation_loss(batch, k, tokens, enc, decoded))
             state = decoded
         return losses
 
+    def _emulation_loss(self, batch: RolloutBatch, k: int, tokens: Tensor, enc, decoded) -> Tensor:
+        """Layer k's distance from the teacher's s_k: of its output tokens (B, T, D) in the
+        frame of `enc` (frame_mse), or of the `decoded` state (log_normalized)."""
+        codec = self.stack.codec
+        if self.objective == "frame_mse":
+            target = codec.to_frame(batch.state(k), enc.frame)
+            per_field = field_losses(codec.read(tokens), target)
+        else:
+            # The state passed on and evaluated: decoded (a simplex re-sorted best first).
+            target, prev = batch.state(k), batch.state(k - 1)
+            per_field = {
+                f: log_normalized_loss(decoded[f], target[f], prev[f]) for f in codec.learned_fields
+            }
+        return sum(self.weights[f] * v for f, v in per_field.items())
+
+    def _f(self, problem: Problem, state: dict[str, Tensor]) -> Tensor:
+        """(B,) f at the state's incumbent, in the problem's float64: near f* a float32 f
+        would lose the gap to cancellation."""
+        x = self.stack.codec.teacher.incumbent(state).to(problem.params_dtype)
+        return evaluate(problem, x[:, None, :])[:, 0]
+
+    def _f_star(self, batch: RolloutBatch) -> Tensor:
+        """(B,) f*, as evaluation takes it: f at the family's minimizer, else the teacher's
+        best; from float64 states, for the reason of `_f`."""
+        wide = batch.problem.params_dtype
+        states = {k: v.to(wide) if v.is_floating_point() else v for k, v in batch.states.items()}
+        steps = len(next(iter(states.values())))
+        # Rollouts hold only problems whose trajectory never diverged.
+        never = torch.zeros(steps, batch.problem.batch_size, dtype=torch.bool)
+        return optimum(batch.problem, self.stack.codec.teacher, Trajectory(states, {}, never))
+
+    def total_loss(self, losses: list[Tensor]) -> Tensor:
+        """The layers' losses (scalars), weighted and added up, or their logs added up."""
+        if self.balance_layers:
+            losses = [torch.log(x + BALANCE_FLOOR) for x in losses]
+        return sum(w * x for w, x in zip(self.layer_weights, losses, strict=True))
+
     def _step(self, batch: RolloutBatch, stage: str) -> Tensor:
         losses = self.layer_losses(batch)
-        loss = sum(w * x for w, x in zip(self.layer_weights, losses, strict=True))
+        loss = self.total_loss(losses)
         size = len(batch.states[next(iter(batch.states))][0])
         if stage == "val" or self.global_step % self.trainer.log_every_n_steps == 0:
             # Logged only when the logger writes: each self.log drags Lightning's result
@@ -241,6 +317,7 @@ def train_stack(recipe, stack: Stack, data: dict, out, name: str) -> Stack:
         fc.train_readio,
         name=name,
         objective=fc.objective,
+        balance_layers=fc.balance_layers,
     )
     callbacks = [FreezeBlocks(fc.freeze_blocks_epochs)] if fc.freeze_blocks_epochs else []
     L.seed_everything(recipe.seed, workers=True, verbose=False)

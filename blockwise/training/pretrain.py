@@ -136,7 +136,7 @@ def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> 
     todo = [k for k in range(1, recipe.steps + 1) if not block_path(out, k).exists()]
     if todo and recipe.pairing != "greedy" and recipe.train.workers > 1:
         workers = min(recipe.train.workers, len(todo))
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = recipe.threads or max(1, (os.cpu_count() or 1) // workers)
         log(f"training blocks {todo} in {workers} processes, {threads} threads each")
         _train_in_processes(recipe, todo, out, workers, threads, log)
     blocks: list[Block] = []
