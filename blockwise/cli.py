@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from blockwise import problems, teachers
 from blockwise.config import describe_recipe, dump_recipe, load_recipe
 from blockwise.rollout import rollout
-from blockwise.training.trainer import Terminated
+from blockwise.training.trainer import DivergedTraining, Terminated
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -90,6 +91,16 @@ def run(args: argparse.Namespace) -> int:
     except OutputDirError as err:
         print(f"blockwise run: error: {err}", file=sys.stderr)
         return 2
+    except DivergedTraining as err:
+        print(f"blockwise run: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenProcessPool:
+        print(
+            "blockwise run: error: a worker process died (out of memory?); lower --workers and "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
     except (KeyboardInterrupt, Terminated) as stop:
         # Every stage's output is written whole or not at all, and training keeps its last
         # epoch's checkpoint, so the same command picks up where this one stopped.
@@ -350,6 +361,8 @@ OS_ADVICE = {
     errno.ENOTDIR: "a part of the path is a file, not a directory; choose another path",
     errno.EISDIR: "it is a directory; give a file",
     errno.ENOENT: "it does not exist",
+    errno.ENOLCK: "this file system cannot lock files (NFS without its lock daemon?); mount it "
+    "with locking, or choose a local --out",
 }
 
 

@@ -10,6 +10,7 @@ warning and the split rolled out again: a cache is never a reason to stop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -67,7 +68,8 @@ def load_or_roll_out(
             return problem, _read(path)
         except (safetensors.SafetensorError, KeyError, OSError) as err:
             aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
+            with contextlib.suppress(FileNotFoundError):  # another run set it aside first
+                os.replace(path, aside)
             warnings.warn(
                 f"{path}: unreadable rollout cache ({err}); moved to {aside.name} and rolling "
                 "the split out again", stacklevel=2,
@@ -81,7 +83,13 @@ def load_or_roll_out(
         traj.diverged.cpu(),
     )
     if path is not None:
-        _write(path, traj, split)
+        try:
+            _write(path, traj, split)
+        except OSError as err:
+            warnings.warn(
+                f"{path}: rollout cache not written ({err.strerror or err}); going on without it",
+                stacklevel=2,
+            )
     return problem, traj
 
 

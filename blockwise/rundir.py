@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +87,12 @@ def _check(out: Path, recipe: Recipe, force: bool) -> bool:
     """Whether the run in `out` is finished, after checking what it holds against `recipe`
     (or, with `force`, clearing it); the recipe is saved there either way."""
     saved = out / RECIPE
+    if not saved.exists() and not force and _outputs(out):
+        # An interrupted --force removes the recipe last, so this is no run we can resume.
+        raise OutputDirError(
+            f"{out} holds run output ({', '.join(_outputs(out))}) but no {RECIPE}; pass --force "
+            "to replace it, or --out DIR"
+        )
     if saved.exists() and not force:
         differ = _differing(
             _what_it_computes(_read_saved(saved)), _what_it_computes(recipe_to_dict(recipe))
@@ -106,8 +113,16 @@ def _check(out: Path, recipe: Recipe, force: bool) -> bool:
 
 def clear(out: Path) -> None:
     """Remove from the run directory `out` what blockwise wrote there, and nothing else (the
-    marker and the lock stay: the directory is still a run, and still ours)."""
-    for name in WRITTEN:
+    marker and the lock stay: the directory is still a run, and still ours). A user's file
+    inside a directory blockwise writes stops it before anything is removed; the recipe goes
+    last, so an interrupted clear still says whose run the rest was."""
+    foreign = _foreign(out)
+    if foreign:
+        raise OutputDirError(
+            f"{out} holds files blockwise did not write ({', '.join(foreign[:5])}); move them "
+            "out of the run directory before --force, or use --out DIR"
+        )
+    for name in sorted(WRITTEN, key=lambda n: n == RECIPE):
         if name in (MARKER, LOCK):
             continue
         path = out / name
@@ -115,6 +130,33 @@ def clear(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+# What blockwise writes inside its directories, where the names are known in advance.
+OWN = {
+    "plots": re.compile(r"(objective|trajectories|depth_errors)\.(png|pdf)"),
+    "blocks": re.compile(r"block_\d+\.safetensors"),
+    **{
+        d: re.compile(r"config\.json|model\.safetensors")
+        for d in ("checkpoint", "finetuned", "looped")
+    },
+}
+
+
+def _foreign(out: Path) -> list[str]:
+    """Files in the run's own directories that blockwise did not write (hidden temp files of
+    its atomic writes aside)."""
+    return [
+        f"{name}/{p.name}"
+        for name, own in OWN.items()
+        if (out / name).is_dir() and not (out / name).is_symlink()
+        for p in sorted((out / name).iterdir())
+        if not (own.fullmatch(p.name) or p.name.startswith("."))
+    ]
+
+
+def _outputs(out: Path) -> list[str]:
+    return [n for n in WRITTEN if n not in (MARKER, LOCK, RECIPE) and (out / n).exists()]
 
 
 def _read_saved(saved: Path) -> dict:

@@ -302,3 +302,42 @@ def test_threads_change_how_a_run_executes_not_what_it_computes(tmp_path):
         pass
     with claim(tiny(tmp_path, tmp_path / "run", "threads=2")) as (_, done):
         assert not done  # resumed, not refused
+
+
+def test_force_refuses_before_deleting_a_users_file_inside_a_run_directory(tmp_path):
+    out = tmp_path / "run"
+    with claim(tiny(tmp_path, out)):
+        pass
+    (out / "plots").mkdir()
+    (out / "plots" / "depth_errors.png").write_bytes(b"ours")
+    (out / "plots" / "my_figure.svg").write_text("theirs")
+    with pytest.raises(OutputDirError, match="plots/my_figure.svg"):
+        with claim(tiny(tmp_path, out, "seed=7"), force=True):
+            pass
+    kept = sorted(p.name for p in (out / "plots").iterdir())
+    assert kept == ["depth_errors.png", "my_figure.svg"]
+    assert (out / "recipe.yaml").exists()
+
+
+def test_a_run_without_its_recipe_but_with_output_is_not_resumed(tmp_path):
+    # What an interrupted --force leaves: it removes the recipe last, so this is rare, but the
+    # blocks of another recipe must never be taken for this one's.
+    out = tmp_path / "run"
+    with claim(tiny(tmp_path, out)):
+        pass
+    (out / "blocks").mkdir()
+    (out / "recipe.yaml").unlink()
+    with pytest.raises(OutputDirError, match=r"holds run output \(blocks\) but no recipe.yaml"):
+        with claim(tiny(tmp_path, out)):
+            pass
+
+
+def test_a_cache_that_cannot_be_written_is_said_and_the_run_goes_on(tmp_path):
+    from blockwise.build import data_splits
+    from blockwise.rollout_cache import load_or_roll_out
+
+    (tmp_path / "cache").write_text("a file where the cache directory should be")
+    split = data_splits(tiny(tmp_path, tmp_path / "run"))["val"]
+    with pytest.warns(UserWarning, match="rollout cache not written"):
+        _, traj = load_or_roll_out(split, tmp_path / "cache")
+    assert traj.states["simplex"].shape[1] == 32

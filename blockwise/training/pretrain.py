@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import lightning as L
@@ -117,9 +117,12 @@ def _job(recipe_dict: dict, layer: int, out: str, threads: int) -> str:
 def _train_in_processes(recipe, todo, out, workers: int, threads: int, log) -> None:
     """Blocks `todo` in `workers` processes. A block is handed out only when a process is
     free, so after Ctrl-C or a failed block no further block starts (the executor would
-    otherwise have queued one ahead)."""
+    otherwise have queued one ahead). When this process is stopped (SIGTERM, an error), the
+    running blocks are stopped too rather than awaited: each keeps its last epoch's resume
+    checkpoint, and none goes on writing into a run directory this process no longer locks."""
     todo, running = list(todo), {}
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    try:
         while todo or running:
             while todo and len(running) < workers:
                 k = todo.pop(0)
@@ -128,6 +131,12 @@ def _train_in_processes(recipe, todo, out, workers: int, threads: int, log) -> N
             for job in done:
                 del running[job]
                 log(f"saved {job.result()}")
+    except BaseException:
+        for process in active_children():  # the pool's workers, the only children here
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def pretrain(recipe: Recipe, out: Path, data: dict | None = None, log=print) -> list[Block]:

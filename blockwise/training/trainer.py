@@ -55,7 +55,7 @@ def _usable(last: Path) -> bool:
     try:
         with zipfile.ZipFile(last) as archive:
             return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # any damage zipfile meets: BadZipFile, EOFError, NotImplementedError
         return False
 
 
@@ -100,8 +100,8 @@ QUIET = (
 
 
 def _every_epoch(resume: Path) -> ModelCheckpoint:
-    """Writes resume/last.ckpt at every epoch's end, replacing the previous one (Lightning
-    writes it through a temporary file).
+    """Writes resume/last.ckpt at every epoch's end, replacing the previous one whole
+    (`AtomicCheckpointIO`).
 
     Not `save_last=True`: with nothing monitored and save_top_k=0, Lightning 2.6 writes
     last.ckpt only when training ends, which leaves nothing to resume from after a Ctrl-C.
