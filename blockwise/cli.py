@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import signal
 import sys
 from concurrent.futures.process import BrokenProcessPool
@@ -15,6 +14,7 @@ import torch
 
 from blockwise import problems, teachers
 from blockwise.config import describe_recipe, dump_recipe, load_recipe
+from blockwise.config.load import physical_memory
 from blockwise.rollout import rollout
 from blockwise.training.trainer import DivergedTraining, Terminated
 
@@ -121,14 +121,6 @@ def plot(args: argparse.Namespace) -> int:
     paths = plot_runs(args.dirs, out=args.out)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
-
-
-def physical_memory() -> int | None:
-    """Bytes of RAM on this machine, where the OS says."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def _check_eval_size(config: dict, count: int, steps: int) -> None:
