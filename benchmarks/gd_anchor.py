@@ -164,7 +164,7 @@ def main() -> None:
     table = {"GD (teacher)": median_gaps(x, y, w0, lr * ones, zeros, f_star)}
     table |= {name: median_gaps(x, y, w0, *p, f_star) for name, p in fits.items()}
 
-    blocks = pretrain(recipe, args.run, data, log=lambda *_: None)
+    blocks = pretrain(recipe, args.run, data, log=lambda *_: None)["trained"]
     codec = build_codec(recipe, problem)
     stacked = Stack(codec, ReadIO(codec.token_dim, recipe.block.width), blocks)
     evaluations = {"stacked": evaluate_stack(stacked, problem, traj)}

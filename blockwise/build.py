@@ -61,7 +61,8 @@ def load_data(recipe: Recipe, device: str | torch.device | None = None) -> dict[
 def build_codec(recipe: Recipe, problem: Problem) -> Codec:
     """The recipe's codec for problems like `problem` (its family, dim and mode)."""
     teacher = teachers.make(recipe.teacher.name, **recipe.teacher.settings)
-    return make_codec(teacher, problem, mode=recipe.codec.mode, frame=recipe.codec.frame)
+    c = recipe.codec
+    return make_codec(teacher, problem, c.mode, c.frame, c.vertex_f)
 
 
 def new_block(recipe: Recipe, layer: int) -> Block:

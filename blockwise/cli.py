@@ -7,14 +7,16 @@ import errno
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
 
 from blockwise import problems, teachers
-from blockwise.config import describe_recipe, dump_recipe, load_recipe
+from blockwise.config import Recipe, describe_recipe, dump_recipe, load_recipe
 from blockwise.config.load import physical_memory
+from blockwise.config.schema import MAX_STEPS
 from blockwise.rollout import rollout
 from blockwise.training.trainer import DivergedTraining, Terminated
 
@@ -67,51 +69,81 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run a recipe: rollouts, per-block pretraining, per-block errors with controls."""
-    import dataclasses
-
-    from blockwise.pipeline import run as run_recipe
-    from blockwise.rundir import OutputDirError
-
+def _recipe_of(args: argparse.Namespace, *extra: str) -> Recipe:
+    """The FILE of `run` or `sweep` loaded with its --set overrides, then --workers and
+    --threads, then `extra`."""
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"train.workers={args.workers}")
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
-    recipe = load_recipe(args.file, overrides)
+    return load_recipe(args.file, [*overrides, *extra])
+
+
+def _training(command: str, work: Callable[[], object], out: str, force: bool) -> int:
+    """Call `work`, which trains into the directory `out`, for `blockwise <command>`: SIGTERM
+    stops it as Ctrl-C does, and what stops it is one line on stderr and an exit code (2: the
+    directory cannot be used, 1: training failed, 130 / 143: interrupted, resumable)."""
+    from blockwise.rundir import OutputDirError
+
     # Lightning's banner (accelerators found, tips) drowns the run's own report.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    if args.out is not None:
-        recipe = dataclasses.replace(recipe, out=args.out)
     # A killed run (SIGTERM: a scheduler, `kill`, a closing session) stops as Ctrl-C does.
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        run_recipe(recipe, force=args.force)
+        work()
     except OutputDirError as err:
-        print(f"blockwise run: error: {err}", file=sys.stderr)
+        print(f"blockwise {command}: error: {err}", file=sys.stderr)
         return 2
     except DivergedTraining as err:
-        print(f"blockwise run: error: {err}", file=sys.stderr)
+        print(f"blockwise {command}: error: {err}", file=sys.stderr)
         return 1
     except BrokenProcessPool:
         print(
-            "blockwise run: error: a worker process died (out of memory?); lower --workers and "
-            "run the same command again to resume",
+            f"blockwise {command}: error: a worker process died (out of memory?); lower "
+            "--workers and run the same command again to resume",
             file=sys.stderr,
         )
         return 1
     except (KeyboardInterrupt, Terminated) as stop:
         # Every stage's output is written whole or not at all, and training keeps its last
         # epoch's checkpoint, so the same command picks up where this one stopped.
-        again = "the same command without --force" if args.force else "the same command"
+        again = "the same command without --force" if force else "the same command"
         how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated (SIGTERM)"
-        print(f"blockwise run: {how}; run {again} again to resume in {recipe.out}",
+        print(f"blockwise {command}: {how}; run {again} again to resume in {out}",
               file=sys.stderr)
         return 130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a recipe: rollouts, per-block pretraining, per-block errors with controls."""
+    import dataclasses
+
+    from blockwise.pipeline import run as run_recipe
+
+    recipe = _recipe_of(args)
+    if args.out is not None:
+        recipe = dataclasses.replace(recipe, out=args.out)
+    return _training("run", lambda: run_recipe(recipe, force=args.force), recipe.out, args.force)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """Run a recipe at several depths K and seeds; write sweep.json and its figure."""
+    from blockwise.sweep import default_dir
+    from blockwise.sweep import sweep as sweep_recipe
+
+    # Loaded at the deepest K, so that the loader's memory check answers for the largest run.
+    recipe = _recipe_of(args, f"steps={max(args.depths)}")
+    out = args.out if args.out is not None else str(default_dir(recipe))
+    return _training(
+        "sweep",
+        lambda: sweep_recipe(recipe, args.depths, args.seeds, force=args.force, out=out),
+        out,
+        args.force,
+    )
 
 
 def plot(args: argparse.Namespace) -> int:
@@ -160,6 +192,7 @@ def evaluate(args: argparse.Namespace) -> int:
         problems=args.count,
         seed=args.seed,
         beyond=args.beyond,
+        vertex_f=args.vertex_f,
     )
     primary = metrics["primary"]
     print(f"{path}: {metrics['problems']} test problems, {metrics['layers']} layers")
@@ -181,6 +214,26 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_atomic(args.json, json.dumps(metrics, indent=2))
         print(f"wrote {args.json}")
+    return 0
+
+
+def probe(args: argparse.Namespace) -> int:
+    """Run the probes on a saved stack and print the signs found."""
+    from blockwise.probes import probe as run_probes
+    from blockwise.probes.run import parse_layers
+
+    # Probing is many small operations: more threads only add overhead, and on a busy machine
+    # a great deal (two threads were 8 times slower than one beside two other jobs).
+    torch.set_num_threads(args.threads)
+    layers = None if args.layers is None else parse_layers(args.layers)
+    results = run_probes(args.dir, out=args.out, problems=args.problems, seed=args.seed,
+                         swap_layer=args.swap_layer, layers=layers)
+    print(f"{results['checkpoint']}: {results['problems']['train']} training and "
+          f"{results['problems']['test']} held-out problems, {results['seconds']} s")
+    for row in results["signs"]:
+        found = {True: "yes", False: "no", None: "n/a"}[row["found"]]
+        print(f"{found:>4}  {row['sign']}: {row['number']}")
+    print(f"wrote {results['out']}/probes.json, report.md and figures")
     return 0
 
 
@@ -225,6 +278,46 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _int_list(low: int, high: int):
+    """An argparse type: comma-separated ints in [low, high], none repeated; sorted."""
+    one = _count(low, high)
+
+    def parse(text: str) -> list[int]:
+        values = [one(part.strip()) for part in text.split(",")]
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(
+                f"{', '.join(map(str, repeated))} given more than once in {text[:40]!r}"
+            )
+        return sorted(values)
+
+    return parse
+
+
+def _add_training(p: argparse.ArgumentParser, out: str, force: str) -> None:
+    """The FILE, --set, --out, --force, --workers and --threads that `run` and `sweep` share."""
+    p.add_argument("file", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
+    _add_overrides(p)
+    p.add_argument("--out", default=None, help=out)
+    p.add_argument("--force", action="store_true", help=force)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train N blocks at once, each in its own process (= --set train.workers=N; "
+        "greedy pairing trains them in order)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch computes with, per process (= --set threads=N); on a busy "
+        "machine fewer can be much faster",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blockwise", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -265,27 +358,32 @@ def parser() -> argparse.ArgumentParser:
         "run is not redone; an interrupted one resumes; a run of another recipe is replaced "
         "only with --force; a directory that is not a run is never touched.",
     )
-    u.add_argument("file", metavar="FILE", help="a recipe, e.g. recipes/quickstart.yaml")
-    _add_overrides(u)
-    u.add_argument("--out", default=None, help="output directory (default: recipe.out)")
-    u.add_argument("--force", action="store_true", help="replace an existing output directory")
-    u.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="train N blocks at once, each in its own process (= --set train.workers=N; "
-        "greedy pairing trains them in order)",
-    )
-    u.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads torch computes with, per process (= --set threads=N); on a busy "
-        "machine fewer can be much faster",
-    )
+    _add_training(u, "output directory (default: recipe.out)",
+                   "replace an existing output directory")
     u.set_defaults(func=run)
+
+    w = sub.add_parser(
+        "sweep",
+        help="run a recipe at several depths K and seeds: sweep.json and its figure",
+        description="Run a recipe once per depth K (--depths) and seed (--seeds), each into "
+        "its own run directory K<K>-seed<seed> inside the sweep directory (--out, default "
+        "runs/<name>-sweep), and write there sweep.json (breakdown depth, last-layer error and "
+        "progress ratio against K, per evaluation, with their spread over seeds) and "
+        "sweep.png / sweep.pdf. Finished runs are reused, interrupted ones resume; a run of a "
+        "changed recipe is replaced only with --force; a directory that is not a sweep is "
+        "never touched. --depths sets the recipe's steps.",
+    )
+    w.add_argument(
+        "--depths", type=_int_list(1, MAX_STEPS), required=True, metavar="K,K,...",
+        help=f"depths K to train, e.g. 1,2,4,8 (each 1 to {MAX_STEPS})",
+    )
+    w.add_argument(
+        "--seeds", type=_int_list(0, 2**32 - 1), default=None, metavar="S,S,...",
+        help="training seeds, e.g. 0,1,2 (default: the recipe's seed)",
+    )
+    _add_training(w, "the sweep directory (default: runs/<name>-sweep)",
+                  "replace runs of another recipe inside the sweep directory")
+    w.set_defaults(func=sweep)
 
     e = sub.add_parser(
         "eval",
@@ -315,6 +413,13 @@ def parser() -> argparse.ArgumentParser:
         default="last",
         help="past the trained depth: repeat the last block, or refuse",
     )
+    e.add_argument(
+        "--vertex-f",
+        choices=["own", "evaluated"],
+        default=None,
+        help="Nelder-Mead: the vertices' f values between layers are the stack's own output "
+        "or evaluated by the harness (default the recipe's codec.vertex_f)",
+    )
     e.add_argument("--json", default=None, metavar="FILE", help="also write the metrics here")
     e.set_defaults(func=evaluate)
 
@@ -338,6 +443,35 @@ def parser() -> argparse.ArgumentParser:
         "several DIRs, without suffix (default ./compare)",
     )
     g.set_defaults(func=plot)
+
+    o = sub.add_parser(
+        "probe",
+        help="look inside a saved stack: linear probes, attention, counterfactual, OOD",
+        description="Run a saved stack (a checkpoint directory, or a run directory's final "
+        "stack) on fresh problems and probe it: the teacher's intermediate quantities read "
+        "from each layer's stream beside an untrained stack and shuffled labels, where the "
+        "heads look, an objective swapped mid-stack, other problems, and how alike its layers "
+        "are. Writes probes.json, report.md and figures (PNG and PDF) to --out.",
+    )
+    o.add_argument("dir", metavar="DIR", help="a run directory or a checkpoint directory")
+    o.add_argument("--out", default=None,
+                   help="output directory (default ./runs/probes/<name>); never a checkpoint")
+    o.add_argument("--problems", type=_count(64, 1 << 16), default=4096,
+                   help="fresh problems to run, a quarter held out (64 to 65536)")
+    o.add_argument("--seed", type=_count(0, 2**32 - 3), default=1009,
+                   help="their seed (seed + 1 and + 2 are used too; never the recipe's "
+                   "training or validation seed)")
+    o.add_argument("--swap-layer", type=_count(1, 1024), default=None, metavar="J",
+                   help="the layer at which the counterfactual swaps the objective (default "
+                   "depth // 2 + 1)")
+    o.add_argument("--layers", default=None, metavar="K,K,...",
+                   help="the layers to probe, e.g. 1,2,4,8 (default every layer of a stack up "
+                   "to 16 deep, else 1, 2, 4, ... and the last); the stack runs through the "
+                   "deepest")
+    o.add_argument("--threads", type=_count(1, 1024), default=1, metavar="N",
+                   help="CPU threads torch computes with (default 1: the probes are many small "
+                   "operations, which more threads slow down)")
+    o.set_defaults(func=probe)
     return p
 
 

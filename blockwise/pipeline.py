@@ -33,7 +33,7 @@ from blockwise.plots.runs import plot_runs
 from blockwise.rundir import claim
 from blockwise.stack import Stack
 from blockwise.training.finetune import train_stack
-from blockwise.training.pretrain import pretrain
+from blockwise.training.pretrain import pretrain, trained_layers
 from blockwise.training.trainer import drop_resume
 
 
@@ -87,25 +87,35 @@ def _stages(recipe: Recipe, out: Path, log) -> dict:
         f"rollouts: {', '.join(f'{k} {len(v[1].diverged[0])}' for k, v in data.items())} "
         f"problems, {recipe.steps} steps ({made:.1f} s)"
     )
-    blocks = pretrain(recipe, out, data, log=log)
+    pretrained = pretrain(recipe, out, data, log=log, controls=True)
+    blocks = pretrained["trained"]
     problem, traj = data["test"]
     codec = build_codec(recipe, problem)
     readio = ReadIO(codec.token_dim, recipe.block.width)
-    untrained = [new_block(recipe, k) for k in range(1, recipe.steps + 1)]
     threshold = recipe.eval.threshold
+
+    def stack_of(blocks: list, readio: ReadIO = readio) -> Stack:
+        """A stack of copies of `blocks`: one per layer, or one looped K times if tied."""
+        copies = [copy.deepcopy(b) for b in blocks]
+        return Stack(codec, readio, copies, looped=recipe.tied, depth=recipe.steps)
+
     stacks = {
-        "untrained": Stack(codec, readio, untrained),
-        "stacked": Stack(codec, readio, [copy.deepcopy(b) for b in blocks]),
+        "untrained": stack_of([new_block(recipe, k) for k in trained_layers(recipe)]),
+        "stacked": stack_of(blocks),
     }
+    if "shuffled" in pretrained:
+        stacks["shuffled"] = stack_of(pretrained["shuffled"])
+    labels = {"trained": "stacked", "untrained": "untrained", "shuffled": "shuffled"}
     rows = teacher_forced_errors(
-        {"trained": stacks["stacked"], "untrained": stacks["untrained"]}, problem, traj
+        {label: stacks[name] for label, name in labels.items() if name in stacks}, problem, traj
     )
     log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
     log(format_table(rows))
     if recipe.finetune.max_epochs > 0:
-        tuned = Stack(codec, copy.deepcopy(readio), [copy.deepcopy(b) for b in blocks])
+        tuned = stack_of(blocks, copy.deepcopy(readio))
         stacks["finetuned"] = _stage_stack(recipe, out, "finetuned", tuned, data, log)
-        if recipe.finetune.looped:
+        # A tied stack is already one block looped: it is its own looped baseline.
+        if recipe.finetune.looped and not recipe.tied:
             looped = Stack(
                 codec,
                 copy.deepcopy(readio),

@@ -9,7 +9,8 @@ run directory survive it.
 One process at a time works in a run directory: `claim` holds an exclusive lock on
 `.blockwise.lock` for as long as the run lasts, and a second run into the same directory is
 refused at once with a message (the lock goes with the process, so a killed run never leaves
-the directory locked).
+the directory locked). `held` is that marker and lock for any directory of blockwise's (a
+sweep's, with its own marker).
 
 Runs are compared by what they compute: the recipe without the output path (a run may be
 resumed under another spelling of its directory, or after the directory moved) and without the
@@ -70,17 +71,30 @@ def claim(recipe: Recipe, force: bool = False) -> Iterator[tuple[Path, bool]]:
     recipe is replaced only with `force`; a directory that is not a run is never touched.
     """
     out = Path(recipe.out).expanduser().resolve()
+    with held(out, MARKER, "run"):
+        yield out, _check(out, recipe, force)
+
+
+@contextlib.contextmanager
+def held(out: Path, marker: str, what: str) -> Iterator[None]:
+    """The directory `out` made or checked as blockwise's own `what` ("run", "sweep"), marked
+    with the file `marker` and locked (`LOCK`) for the duration.
+
+    A path that is not a directory, or a directory that holds files but no `marker`, is
+    refused untouched: only blockwise writes the marker, so a user's folder is never taken
+    for one of its directories.
+    """
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"{out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not is_run(out):
+    if out.exists() and any(out.iterdir()) and not (out / marker).is_file():
         raise OutputDirError(
-            f"{out} holds files and is not a blockwise run (it has no {MARKER} marker); "
+            f"{out} holds files and is not a blockwise {what} (it has no {marker} marker); "
             "choose another --out (blockwise never writes into or deletes such a directory)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / MARKER, json.dumps({"blockwise_run": 1}) + "\n")
-    with _locked(out / LOCK):
-        yield out, _check(out, recipe, force)
+    write_atomic(out / marker, json.dumps({f"blockwise_{what}": 1}) + "\n")
+    with _locked(out / LOCK, what):
+        yield
 
 
 def _check(out: Path, recipe: Recipe, force: bool) -> bool:
@@ -135,7 +149,7 @@ def clear(out: Path) -> None:
 # What blockwise writes inside its directories, where the names are known in advance.
 OWN = {
     "plots": re.compile(r"(objective|trajectories|depth_errors)\.(png|pdf)"),
-    "blocks": re.compile(r"block_\d+\.safetensors"),
+    "blocks": re.compile(r"(block|shuffled)_\d+\.safetensors"),
     **{
         d: re.compile(r"config\.json|model\.safetensors")
         for d in ("checkpoint", "finetuned", "looped")
@@ -176,7 +190,7 @@ def _read_saved(saved: Path) -> dict:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, what: str) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks through fcntl; runs are not guarded
@@ -187,8 +201,8 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutputDirError(
-                f"{path.parent} is in use by another blockwise run; wait for it to finish, or "
-                "choose another --out"
+                f"{path.parent} is in use by another blockwise {what}; wait for it to finish, "
+                "or choose another --out"
             ) from None
         try:
             yield
@@ -222,4 +236,6 @@ def _differing(a: dict, b: dict, where: str = "") -> list[str]:
     return out
 
 
-__all__ = ["MARKER", "WRITTEN", "OutputDirError", "claim", "clear", "finished", "is_run"]
+__all__ = [
+    "MARKER", "WRITTEN", "OutputDirError", "claim", "clear", "finished", "held", "is_run",
+]

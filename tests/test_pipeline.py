@@ -17,11 +17,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from blockwise.build import load_data, new_block
 from blockwise.checkpoints import load_stack, read_config
 from blockwise.cli import main
-from blockwise.config import load_recipe, recipe_to_dict, save_recipe
+from blockwise.config import RecipeError, load_recipe, recipe_to_dict, save_recipe
+from blockwise.errors import normalized_error
+from blockwise.model import ReadIO
 from blockwise.pipeline import run
 from blockwise.rundir import MARKER, OutputDirError, claim
+from blockwise.stack import Stack
 from blockwise.training.finetune import StackModule
 from blockwise.training.pretrain import block_path
 from blockwise.training.trainer import DivergedTraining
@@ -38,7 +42,10 @@ SHRINK = [
     "train.warmup_steps=0",
     "finetune.max_epochs=1",
     "finetune.batch_size=32",
+    # The shuffled control doubles pretraining; the tests about it turn it back on.
+    "eval.shuffled=false",
 ]
+CONTROL = "eval.shuffled=true"
 
 
 def shrunk(path: Path, tmp_path: Path, *extra: str):
@@ -48,7 +55,7 @@ def shrunk(path: Path, tmp_path: Path, *extra: str):
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_runs_shrunk(path, tmp_path):
-    recipe = shrunk(path, tmp_path)
+    recipe = shrunk(path, tmp_path, CONTROL)
     metrics = run(recipe, log=lambda *_: None)
     rows = metrics["pretrain"]["teacher_forced"]
     assert [r["layer"] for r in rows] == [1, 2]
@@ -59,19 +66,21 @@ def test_every_recipe_runs_shrunk(path, tmp_path):
             assert by_label["trained"]["count"] > 0
     out = Path(recipe.out)
     assert (out / "recipe.yaml").exists() and (out / "metrics.json").exists()
-    assert all(block_path(out, k).exists() for k in (1, 2))
+    blocks = (1,) if recipe.tied else (1, 2)
+    assert all(block_path(out, k, shuffled).exists() for k in blocks for shuffled in (0, 1))
     evaluations = metrics["evaluations"]
-    assert set(evaluations) == {"untrained", "stacked", "finetuned", "looped"}
+    looped = set() if recipe.tied else {"looped"}  # a tied stack is its own looped baseline
+    assert set(evaluations) == {"untrained", "shuffled", "stacked", "finetuned"} | looped
     for name, ev in evaluations.items():
         assert ev["layers"] == 2 and ev["problems"] == 48, name
     stack = load_stack(out / "checkpoint")
-    assert stack.depth == 2 and not stack.looped
+    assert stack.depth == 2 and stack.looped == recipe.tied
     assert read_config(out / "checkpoint")["metrics"] == evaluations["finetuned"]
-    assert load_stack(out / "looped").looped
+    assert recipe.tied or load_stack(out / "looped").looped
     assert (out / "plots" / "depth_errors.png").exists()
 
 
-def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):
+def test_training_beats_the_untrained_and_shuffled_blocks_on_the_quickstart(tmp_path):
     recipe = shrunk(
         QUICKSTART,
         tmp_path,
@@ -79,10 +88,48 @@ def test_training_beats_the_untrained_block_on_the_quickstart(tmp_path):
         "data.train_problems=512",
         "train.max_epochs=4",
         "train.lr=3e-3",
+        CONTROL,
     )
     row = run(recipe, log=lambda *_: None)["pretrain"]["teacher_forced"][0]
     simplex = row["fields"]["simplex"]
     assert simplex["trained"]["median"] < 0.8 * simplex["untrained"]["median"]
+    # The control learned the targets' distribution from as many pairs, for as long: only
+    # the relation between input and target it could not learn.
+    assert simplex["trained"]["median"] < 0.8 * simplex["shuffled"]["median"]
+
+
+def test_a_tied_recipe_trains_one_block_and_applies_it_at_every_layer(tmp_path):
+    recipe = shrunk(QUICKSTART, tmp_path, "steps=3", "pairing=shared", "tied=true",
+                    "data.test_problems=49", CONTROL)
+    metrics = run(recipe, log=lambda *_: None)
+    out = Path(recipe.out)
+    assert sorted(p.name for p in (out / "blocks").iterdir()) == [
+        "block_01.safetensors", "shuffled_01.safetensors"]
+    assert set(metrics["evaluations"]) == {"untrained", "shuffled", "stacked", "finetuned"}
+    assert not (out / "looped").exists()
+    config = read_config(out / "checkpoint")
+    assert config["looped"] and config["depth"] == 3
+    assert not any(name.startswith("blocks.1.") for name in config["tensors"])
+    # The stacked stack, rebuilt by hand: block_01's weights at each of 3 untied layers.
+    tuned = load_stack(out / "checkpoint")
+    block = load_file(block_path(out, 1))
+    by_hand = Stack(tuned.codec, ReadIO(tuned.codec.token_dim, recipe.block.width),
+                    [new_block(recipe, 1) for _ in range(3)])
+    for b in by_hand.blocks:
+        b.load_state_dict(block)
+    problem, traj = load_data(recipe)["test"]
+    with torch.no_grad():
+        states = by_hand(problem, traj[0])
+    errors = [torch.nanmedian(normalized_error(s["simplex"], traj[k + 1]["simplex"],
+                                               traj[k]["simplex"])).item()
+              for k, s in enumerate(states)]
+    stacked = metrics["evaluations"]["stacked"]["rollout"]["simplex"]["median"]
+    assert errors == pytest.approx(stacked, rel=1e-5)
+
+
+def test_tied_needs_shared_pairing(tmp_path):
+    with pytest.raises(RecipeError, match="tied"):
+        shrunk(QUICKSTART, tmp_path, "tied=true")
 
 
 def test_a_finished_run_is_not_redone_and_another_recipe_is_refused(tmp_path):

@@ -47,13 +47,41 @@ def test_at_least_the_quickstart_is_shipped():
     assert "quickstart" in [p.name for p in SHIPPED]
 
 
+# A stack up to SHALLOW layers is re-measured whole; a deeper one at its first CHECKED_LAYERS.
+# Past them a deep stack's rollout is chaotic (a branch taken otherwise for one rounding changes
+# the path for good), so its deep layers are not reproducible to RTOL across CPUs, and 96
+# layers on 4096 problems take minutes on 2 cores.
+SHALLOW, CHECKED_LAYERS = 8, 4
+
+
+def _first_layers(metrics: dict, layers: int) -> dict:
+    """`metrics` (an `evaluate_stack` result) as if measured to `layers` only: every per-layer
+    list cut (objective lists hold layer 0 too), the breakdown depth kept if within them."""
+    full = metrics["layers"]
+
+    def cut(value):
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        if isinstance(value, list) and len(value) in (full, full + 1):
+            return value[: layers + len(value) - full]
+        return value
+
+    short = cut(metrics)
+    depth = metrics["breakdown_depth"]
+    short["layers"] = layers
+    short["breakdown_depth"] = depth if depth is not None and depth <= layers else None
+    return short
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_stack_reproduces_its_metrics(path):
     stored = read_config(path)["metrics"]
     stack = load_stack(path)
     assert not stack.training and stack.depth == stored["layers"]
-    assert path.joinpath("model.safetensors").stat().st_size < 5 * 2**20
-    _assert_close(eval_checkpoint(path, problems=stored["problems"]), stored, path.name)
+    assert path.joinpath("model.safetensors").stat().st_size < 20 * 2**20
+    layers = stack.depth if stack.depth <= SHALLOW else CHECKED_LAYERS
+    measured = eval_checkpoint(path, steps=layers, problems=stored["problems"])
+    _assert_close(measured, _first_layers(stored, layers), path.name)
 
 
 def test_the_tolerance_catches_a_slightly_changed_stack(tmp_path):

@@ -119,6 +119,8 @@ def _check_stack(stack: Stack, recipe: Recipe, config: dict) -> None:
                 "dim": p.dim, "mode": c.mode, "frame": c.frame}
     wrong = [f"{k} is {codec[k]!r}, the recipe says {v!r}"
              for k, v in expected.items() if codec[k] != v]
+    if stack.codec.vertex_f != c.vertex_f:
+        wrong.append(f"vertex_f is {stack.codec.vertex_f!r}, the recipe says {c.vertex_f!r}")
     if wrong:
         raise ValueError(f"save_stack: the stack's codec does not match the recipe: "
                          f"{'; '.join(wrong)}")
@@ -146,7 +148,10 @@ def _skeleton(config: dict, file: str | Path) -> Stack:
         problem = problems.make(
             c["family"], batch=1, dim=c["dim"], seed=0, **c["problem_settings"]
         )
-        codec = make_codec(teacher, problem, mode=c["mode"], frame=c["frame"])
+        # A setting of what passes between layers, not of the layout: the recipe holds it
+        # (recipes saved before it existed read as "own").
+        vertex_f = config["recipe"].get("codec", {}).get("vertex_f", "own")
+        codec = make_codec(teacher, problem, c["mode"], c["frame"], vertex_f)
         with torch.device("meta"):
             readio = ReadIO(codec.token_dim, b["width"])
             blocks = [Block(**b) for _ in range(1 if config["looped"] else config["depth"])]

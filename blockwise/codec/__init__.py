@@ -38,7 +38,11 @@ REGISTRY: dict[str, type[Codec]] = {
 
 
 def make_codec(
-    teacher: Teacher | str, problem: Problem, mode: str = "in_context", frame: str = "scale"
+    teacher: Teacher | str,
+    problem: Problem,
+    mode: str = "in_context",
+    frame: str = "scale",
+    vertex_f: str = "own",
 ) -> Codec:
     """The codec for `teacher` (an instance, or a registry name with default settings) on
     problems of `problem`'s family, dimension and settings.
@@ -49,6 +53,8 @@ def make_codec(
         frame: the frame computed from the input state that encode normalizes into: "none",
             "scale" (translation and scale) or "affine" (the simplex codecs only); see
             `blockwise.codec.frame` and each codec.
+        vertex_f: the simplex codecs' f values of the vertices a layer outputs, as passed on
+            to the next layer: "own" (the layer's output) or "evaluated" (by the harness).
     """
     if not isinstance(teacher, (str, Teacher)):
         raise TypeError(
@@ -60,7 +66,7 @@ def make_codec(
                          f"{sorted(REGISTRY)}")
     if isinstance(teacher, str):
         teacher = teachers.make(teacher)
-    return REGISTRY[name](teacher, problem, mode, frame)
+    return REGISTRY[name](teacher, problem, mode, frame, vertex_f)
 
 
 __all__ = [

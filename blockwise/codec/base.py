@@ -90,8 +90,13 @@ class Codec:
     """Whether oracle mode keeps the problem tokens (the step needs f beyond the oracle's)."""
     frame_kinds: ClassVar[tuple[str, ...]] = ("none", "scale")
     """The frame kinds the codec can encode in."""
+    vertex_f_kinds: ClassVar[tuple[str, ...]] = ("own",)
+    """Where the f values of the points a layer outputs come from between layers (see
+    `SimplexCodec`): "own" is the layer's output, the only kind of codecs without such values."""
 
-    def __init__(self, teacher: Teacher, problem: Problem, mode: str, frame: str):
+    def __init__(
+        self, teacher: Teacher, problem: Problem, mode: str, frame: str, vertex_f: str = "own"
+    ):
         name = getattr(teacher, "name", type(teacher).__name__)
         if mode not in MODES:
             raise ValueError(f"{name} codec: unknown mode {mode!r}; expected one of {MODES}")
@@ -103,13 +108,18 @@ class Codec:
                 "affine frame is for the simplex codecs (nelder_mead, parallel_nelder_mead), "
                 "whose optimizer is affine-equivariant"
             )
+        if vertex_f not in self.vertex_f_kinds:
+            raise ValueError(
+                f"{name} codec: vertex_f must be one of {self.vertex_f_kinds}, got {vertex_f!r}; "
+                "'evaluated' is for the simplex codecs, whose vertices carry f values"
+            )
         if not isinstance(problem, Problem):
             raise TypeError(
                 f"{name} codec: problem must be a blockwise Problem (it gives n and the problem "
                 f"token groups), got {type(problem).__name__}; a plain callable has no problem "
                 "tokens to tell the network f"
             )
-        self.teacher, self.mode, self.frame = teacher, mode, frame
+        self.teacher, self.mode, self.frame, self.vertex_f = teacher, mode, frame, vertex_f
         self.dim, self.family = problem.dim, problem.family
         self.has_problem_tokens = mode == "in_context" or self.oracle_needs_problem
         self._configure()

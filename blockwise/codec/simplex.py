@@ -38,7 +38,12 @@ in both, so the input simplex has f in [0, 1].
             the step k. Degenerate rows (cond(E) >= 1e4, see `frame.guarded_edges`) fall back
             to the scale frame, so every problem is still encoded and scored.
 
-Learned fields: simplex, fvals (the next sorted simplex, read from the vertex tokens).
+Learned fields: simplex, fvals (the next sorted simplex, read from the vertex tokens). Between
+layers of a stack, the vertices' f values are the layer's own output (vertex_f="own") or f
+re-evaluated by the harness at the vertices it output (vertex_f="evaluated"); either way a
+block is trained to output both, and in context the network evaluates f itself at every point
+it moves to. With its own values an in-context stack's f error compounds: the f values of the
+vertices it keeps carry their error while the simplex, and with it the frame's f scale, shrinks.
 Not emulated: nfev is carried unchanged (its increment depends on the branch taken) and so is
 done (the xatol / fatol convergence test is not emulated: use rollouts without tolerances, or
 leave done rows out, whose target equals their input).
@@ -75,6 +80,7 @@ class SimplexCodec(Codec):
     }
     index_meaning = "vertex rank; for a trial or shrink point, the rank of the vertex it moves"
     frame_kinds = frames.KINDS
+    vertex_f_kinds = ("own", "evaluated")
 
     def _configure(self) -> None:
         parallel = isinstance(self.teacher, ParallelNelderMead)
@@ -156,9 +162,12 @@ class SimplexCodec(Codec):
         return {"nfev": state["nfev"], "done": state["done"]}
 
     def decode(self, tokens: Tensor, enc: Encoded) -> State:
-        """As `Codec.decode`, with the vertices sorted by their decoded f values: a teacher's
+        """As `Codec.decode`, with f at the vertices evaluated if vertex_f is "evaluated", and
+        the vertices sorted by their f values: a teacher's
         simplex is best first, and the next layer's frame, rank slots and trial points assume
         it, while a block's output vertices need not come in that order."""
         state = super().decode(tokens, enc)
+        if self.vertex_f == "evaluated":
+            state["fvals"] = evaluate(enc.objective, state["simplex"]).to(state["fvals"])
         state["simplex"], state["fvals"] = sort_simplex(state["simplex"], state["fvals"])
         return state

@@ -391,7 +391,7 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
     if frame == "auto":
         frame = "affine" if "affine" in CODECS[t.name].frame_kinds else "scale"
     try:
-        codec = make_codec(teacher, problem, mode=recipe.codec.mode, frame=frame)
+        codec = make_codec(teacher, problem, recipe.codec.mode, frame, recipe.codec.vertex_f)
     except (TypeError, ValueError) as err:
         raise RecipeError(file, "codec", str(err)) from None
     for stage in ("train", "finetune"):
@@ -404,6 +404,12 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
                 f"{', '.join(codec.learned_fields)} (and carries "
                 f"{', '.join(not_learned) or 'nothing'} over unlearned)",
             )
+    if recipe.tied and recipe.pairing != "shared":
+        raise RecipeError(
+            file, "tied",
+            f"expected false unless pairing is shared (one block applied at every layer must "
+            f"learn every step), got true with pairing {recipe.pairing}",
+        )
     f = recipe.finetune
     if f.balance_layers and f.objective == "optimize":
         raise RecipeError(
@@ -449,15 +455,16 @@ def _check_memory(recipe: Recipe, file: str) -> None:
     """Refuse a recipe whose run could not fit in this machine's memory, estimated from one
     problem and its teacher's first state: every problem's parameters and K + 1 states (the
     three sets are rolled out and held together), and the stack's weights with their gradients
-    and Adam's two moments (fine-tuning trains all K blocks at once). A lower bound, so that a
-    recipe refused here could never run."""
+    and Adam's two moments (fine-tuning trains all K blocks at once, or a tied stack's one). A
+    lower bound, so that a recipe refused here could never run."""
     p, d, b = recipe.problem, recipe.data, recipe.block
     problem = problems.make(p.family, batch=1, dim=p.dim, seed=d.train_seed, **p.settings)
     x0 = problem.sample_x0(seed=d.train_seed, radius=p.x0_radius)
     state = teachers.make(recipe.teacher.name, **recipe.teacher.settings).init(problem, x0)
     count = d.train_problems + d.val_problems + d.test_problems
     per_problem = _bytes(problem.params.values()) + (recipe.steps + 1) * _bytes(state.values())
-    weights = recipe.steps * (4 + 2 * b.mlp_ratio) * b.width**2 * 4 * 4  # float32, 4 copies
+    blocks = 1 if recipe.tied else recipe.steps
+    weights = blocks * (4 + 2 * b.mlp_ratio) * b.width**2 * 4 * 4  # float32, 4 copies
     need, have = int(count * per_problem + weights), physical_memory()
     if have is not None and need > have:
         raise RecipeError(

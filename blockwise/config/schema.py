@@ -135,6 +135,13 @@ class CodecConfig:
         "benchmarks/frames.py), else scale, and the resolved recipe names the kind. Saved runs "
         "from before it had a kind read true as scale, false as none."
     )
+    vertex_f: Literal["own", "evaluated"] = setting(
+        "own", "Nelder–Mead: the f values of the vertices a layer outputs, as the next layer "
+        "reads them: the layer's own output (own), or f evaluated by the harness at those "
+        "vertices (evaluated). Blocks learn the same either way, and in context the network "
+        "evaluates f itself at every point it moves to; this sets what a stack passes between "
+        "layers (`blockwise eval --vertex-f` measures a saved stack both ways)."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +287,13 @@ class EvalConfig:
         1.0, "Breakdown depth is the first layer whose median normalized rollout error passes "
         "this (1.0: as far from s_k as the teacher's own step).", above(0)
     )
+    shuffled: bool = setting(
+        True, "Also train a control stack on shuffled pairs, each input paired with another "
+        "problem's next state (in that problem's frame), with the same blocks, data and "
+        "budget, and evaluate it beside the others: what a block learns from the targets' "
+        "distribution alone, without the map from input to output (a control task, Hewitt & "
+        "Liang 2019). Its inputs are the teacher's states under greedy pairing too."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +324,12 @@ class Recipe:
         "teacher", "Inputs of block k in pretraining: the teacher's s_{k-1} (teacher), all "
         "steps pooled so every block learns the same step (shared), or the frozen stack's "
         "output after k-1 blocks (greedy)."
+    )
+    tied: bool = setting(
+        False, "Train one block on the pooled pairs of all K steps (needs pairing: shared) and "
+        "apply it at every layer: the stack is a looped stack of depth K, saved as one block "
+        "plus its depth, and costs one block's training at any K. A tied stack is its own "
+        "looped baseline, so finetune.looped adds none."
     )
     data: DataConfig = section(DataConfig, "Train, validation and test problem sets.")
     train: TrainConfig = section(TrainConfig, "Layer-wise pretraining: each block alone.")

@@ -48,6 +48,7 @@ of all problems when each process of a distributed run evaluates a shard of them
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -226,6 +227,7 @@ def eval_checkpoint(
     problems: int = 1024,
     seed: int | None = None,
     beyond: str = "last",
+    vertex_f: str | None = None,
 ) -> LayerMetrics:
     """A saved stack re-evaluated on freshly rolled-out test problems, as `evaluate_stack`.
 
@@ -241,9 +243,15 @@ def eval_checkpoint(
         seed: their seed (default the recipe's test seed); never a training or validation seed
             of the recipe's own family.
         beyond: past the stack's depth, "last" repeats the last block, "none" is an error.
+        vertex_f: the Nelder–Mead vertices' f values between layers, "own" or "evaluated"
+            (default the recipe's; see `SimplexCodec`): one stack measured both ways.
     """
     config = read_config(path)
     recipe = recipe_from_dict(config["recipe"])
+    if vertex_f is not None:
+        recipe = dataclasses.replace(
+            recipe, codec=dataclasses.replace(recipe.codec, vertex_f=vertex_f)
+        )
     own = recipe.problem
     family = own.family if family is None else family
     dim = own.dim if dim is None else dim

@@ -1,9 +1,10 @@
 """Per-layer emulation error against depth, from the evaluations `metrics.json` stores.
 
-Every evaluation present (the stack before and after fine-tuning, the untrained control, the
-looped baseline) gets one colour; teacher-forced error is dashed, rollout error solid, each a
-median with its 10-90% band. The identity rollout (never move from s_0) is the baseline a stack
-must beat, and the breakdown depth, where rollout error first passes the threshold, is marked.
+Every evaluation present (the stack before and after fine-tuning, the untrained and shuffled
+controls, the looped baseline) gets one colour; teacher-forced error is dashed, rollout error
+solid, each a median with its 10-90% band. The identity rollout (never move from s_0) is the
+baseline a stack must beat, and the breakdown depth, where rollout error first passes the
+threshold, is marked.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from matplotlib.ticker import MaxNLocator
 
 from blockwise.plots.teacher import _axes
 
-# Drawing order and look of each evaluation; the control is grey so that it reads as one.
+# Drawing order and look of each evaluation; the controls are grey and brown, so that they
+# read as such.
 EVALUATIONS = {
     "untrained": ("untrained (control)", "0.55"),
+    "shuffled": ("shuffled pairs (control)", "tab:brown"),
     "stacked": ("stacked, before fine-tuning", "tab:blue"),
     "finetuned": ("after fine-tuning", "tab:orange"),
     "looped": ("looped (one block)", "tab:green"),
 }
+CONTROLS = ("untrained", "shuffled")
 MODES = {"teacher_forced": ("teacher-forced", "--"), "rollout": ("rollout", "-")}
 BLOW_UP = 1e308  # at or beyond: a written inf (strict JSON has none)
 
@@ -51,8 +55,8 @@ def evaluations(metrics: dict) -> dict[str, dict]:
                if k in metrics.get("evaluations", {})}
     if not present:
         name = metrics.get("recipe", "this run")
-        raise ValueError(f"the metrics of {name} hold no evaluations (stacked, finetuned, "
-                         "untrained or looped): the run has not reached its evaluation stage")
+        raise ValueError(f"the metrics of {name} hold no evaluations ({', '.join(EVALUATIONS)})"
+                         ": the run has not reached its evaluation stage")
     return present
 
 
@@ -91,7 +95,7 @@ def plot_depth_errors(
         color = EVALUATIONS[key][1]
         # The control's bands and breakdown (at once, by construction) would only hide the
         # stacks' own: its median lines are the comparison that matters.
-        control = key == "untrained"
+        control = key in CONTROLS
         for mode, (_, ls) in MODES.items():
             band(ax, layers, m[mode][field], color, ls, spread=not control)
         if m["breakdown_depth"] is not None and not control:

@@ -9,7 +9,11 @@ from matplotlib.figure import Figure
 from blockwise.evaluation.teacher_forced import IDENTITY
 from blockwise.plots.teacher import _axes
 
-STYLES = {"trained": ("tab:blue", "-"), "untrained": ("tab:gray", "--")}
+STYLES = {
+    "trained": ("tab:blue", "-"),
+    "untrained": ("tab:gray", "--"),
+    "shuffled": ("tab:brown", ":"),
+}
 """Colour and line style per stack label; other labels take the next colour, solid. The
 identity control, exactly 1, is drawn as a line."""
 
@@ -18,7 +22,7 @@ def plot_block_errors(
     rows: list[dict], field: str, ax: Axes | None = None, title: str | None = None
 ) -> tuple[Figure, Axes]:
     """Teacher-forced normalized error of each block for one field: median with a 10-90% band
-    for each stack the rows hold (the trained and the untrained block), and the identity
+    for each stack the rows hold (the trained block and its controls), and the identity
     baseline (1) as a line."""
     fig, ax = _axes(ax)
     layers = [r["layer"] for r in rows]
@@ -32,7 +36,8 @@ def plot_block_errors(
                         color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(1.0, color="k", lw=0.8, ls=":", label="identity (no move)")
     ax.set_yscale("log")
-    ax.set_xticks(layers)
+    if len(layers) <= 16:
+        ax.set_xticks(layers)
     ax.set_xlabel("block k (teacher step emulated)")
     ax.set_ylabel(f"normalized error, {field}")
     ax.set_title(title or f"teacher-forced error: {field}")

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from blockwise.plots.depth import EVALUATIONS, band, evaluations, values
+from blockwise.plots.depth import CONTROLS, EVALUATIONS, band, evaluations, values
 from blockwise.plots.teacher import _axes
 
 # Ratios far outside [0, 1] (an untrained stack climbing uphill) would squash the ones that
@@ -38,7 +38,7 @@ def plot_objective_depth(
     for key, m in present.items():
         label, color = EVALUATIONS[key]
         band(ax, layers, m["objective"]["emulated"], color, label=label,
-             spread=key != "untrained")
+             spread=key not in CONTROLS)
     ax.set_yscale("log")
     ax.set_ylabel("f - f* (median, 10-90%)")
     ax.set_title(f"{metrics.get('recipe', '')} objective vs depth".strip())
@@ -59,7 +59,7 @@ def plot_progress_ratio(metrics: dict, ax: Axes | None = None) -> tuple[Figure, 
     layers = np.arange(1, next(iter(present.values()))["layers"] + 1)
     shown = []
     for key, m in present.items():
-        band(ax, layers, m["progress_ratio"], EVALUATIONS[key][1], spread=key != "untrained")
+        band(ax, layers, m["progress_ratio"], EVALUATIONS[key][1], spread=key not in CONTROLS)
         shown.append(values(m["progress_ratio"]))
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.axhline(0.0, color="k", lw=0.8, ls=":")

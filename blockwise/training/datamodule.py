@@ -35,6 +35,7 @@ class PairDataModule(L.LightningDataModule):
         seed: seeds the shuffling.
         greedy_inputs: needed for greedy pairing of layers > 1.
         dtype: dtype of the tensors handed to the block.
+        shuffled: the shuffled control's pairs (targets permuted among a step's pairs).
     """
 
     def __init__(
@@ -47,8 +48,10 @@ class PairDataModule(L.LightningDataModule):
         seed: int = 0,
         greedy_inputs: GreedyInputs | None = None,
         dtype: torch.dtype = torch.float32,
+        shuffled: bool = False,
     ):
         super().__init__()
+        self.shuffled = shuffled
         self.codec, self.splits, self.layer, self.pairing = codec, splits, layer, pairing
         self.batch_size, self.seed, self.greedy_inputs, self.dtype = (
             batch_size,
@@ -64,9 +67,12 @@ class PairDataModule(L.LightningDataModule):
                 continue
             problem, traj = self.splits[name]
             inputs = None
-            if self.pairing == "greedy" and self.layer > 1:
+            if self.pairing == "greedy" and self.layer > 1 and not self.shuffled:
                 inputs = self.greedy_inputs(problem, traj)
-            pairs = layer_pairs(self.codec, problem, traj, self.layer, self.pairing, inputs)
+            shuffle_seed = self.seed if self.shuffled else None
+            pairs = layer_pairs(
+                self.codec, problem, traj, self.layer, self.pairing, inputs, shuffle_seed
+            )
             if len(pairs) == 0:
                 raise ValueError(f"block {self.layer}: no {name} pairs (every problem diverged)")
             self.pairs[name] = pairs.to(self.dtype)

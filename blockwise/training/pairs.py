@@ -5,6 +5,10 @@ pairing), the output of the frozen blocks 1..k-1 run from s_0 ("greedy"), or, wi
 pairing, every step of the trajectory pooled, so that each block learns the same map. The
 target is always the teacher's s_k, expressed in the frame of the input state, which is
 where the loss is taken. Problems whose trajectory diverged by step k are left out.
+
+The shuffled control (a control task, Hewitt & Liang 2019) keeps every input and draws its
+target from another pair of the same step, in that pair's own frame: the targets keep their
+distribution and lose their relation to the input.
 """
 
 from __future__ import annotations
@@ -78,9 +82,21 @@ def encode_pairs(codec, problem: Problem, inputs: State, targets: State, keep: T
     )
 
 
-def teacher_pairs(codec, problem: Problem, traj: Trajectory, layers: list[int]) -> Pairs:
-    """Pairs (s_{k-1}, s_k) for each layer k in `layers`, pooled."""
+def shuffle_targets(pairs: Pairs, seed: int) -> Pairs:
+    """`pairs` with their targets permuted by a seeded permutation; each input keeps its own
+    `previous`, which is the input itself in its frame."""
+    perm = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))
+    return Pairs(pairs.tokens, {k: v[perm] for k, v in pairs.targets.items()}, pairs.previous)
+
+
+def teacher_pairs(
+    codec, problem: Problem, traj: Trajectory, layers: list[int], shuffle_seed: int | None = None
+) -> Pairs:
+    """Pairs (s_{k-1}, s_k) for each layer k in `layers`, pooled; with `shuffle_seed`, each
+    layer's targets shuffled among its own pairs."""
     parts = [encode_pairs(codec, problem, traj[k - 1], traj[k], ~traj.diverged[k]) for k in layers]
+    if shuffle_seed is not None:
+        parts = [shuffle_targets(p, shuffle_seed + k) for p, k in zip(parts, layers, strict=True)]
     return Pairs.cat(parts)
 
 
@@ -91,16 +107,18 @@ def layer_pairs(
     layer: int,
     pairing: str,
     greedy_inputs: State | None = None,
+    shuffle_seed: int | None = None,
 ) -> Pairs:
     """The training pairs of block `layer` under a pairing mode.
 
     `greedy_inputs` (B problems' states after the frozen blocks 1..layer-1) is needed for
-    "greedy" pairing; for layer 1 every mode is teacher pairing on s_0.
+    "greedy" pairing; for layer 1 every mode is teacher pairing on s_0. With `shuffle_seed`,
+    the shuffled control's pairs, whose inputs are the teacher's states in every mode.
     """
     if pairing == "shared":
-        return teacher_pairs(codec, problem, traj, list(range(1, traj.steps + 1)))
-    if pairing == "greedy" and layer > 1:
+        return teacher_pairs(codec, problem, traj, list(range(1, traj.steps + 1)), shuffle_seed)
+    if pairing == "greedy" and layer > 1 and shuffle_seed is None:
         if greedy_inputs is None:
             raise ValueError("greedy pairing needs the frozen stack's outputs for this layer")
         return encode_pairs(codec, problem, greedy_inputs, traj[layer], ~traj.diverged[layer])
-    return teacher_pairs(codec, problem, traj, [layer])
+    return teacher_pairs(codec, problem, traj, [layer], shuffle_seed)
