@@ -16,15 +16,17 @@ from blockwise.checkpoints import load_stack, read_config, save_stack
 from blockwise.cli import main
 from blockwise.codec import make_codec
 from blockwise.config import recipe_from_dict
+from blockwise.evaluation import evaluate_stack
 from blockwise.model import ReadIO
 from blockwise.probes import capture_layer, linear_cka, probe, run_with_cache
 from blockwise.probes.attention import residual_fit
 from blockwise.probes.capture import beyond_slots, features
 from blockwise.probes.counterfactual import counterfactual, restart
 from blockwise.probes.linear import RidgeProbe
+from blockwise.probes.ood import measure, more_steps
 from blockwise.probes.quantities import Quantity, teacher_quantities
 from blockwise.probes.report import report
-from blockwise.probes.run import untrained
+from blockwise.probes.run import default_layers, ood_problems, untrained
 from blockwise.probes.similarity import circuits, cka_matrix
 from blockwise.probes.sites import probe_layer
 from blockwise.rollout import rollout
@@ -41,6 +43,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gd_probed() -> dict:
+    """The GD stack probed at every layer on 256 problems, without writing (shared: ~2 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return probe(GD, problems=256, write=False)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _problems(path: str, count: int, seed: int = 1009):
@@ -74,6 +87,22 @@ def test_capture_reproduces_the_layer_and_its_hooks_add_up():
     torch.testing.assert_close(c["hook_resid_post"] - c["hook_resid_pre"], update,
                                rtol=0, atol=1e-6 * scale)
     assert not block._forward_hooks and not block._forward_pre_hooks  # all removed
+
+
+def test_run_with_cache_keeps_the_chosen_layers_as_the_full_run_has_them():
+    stack = load_stack(QUICKSTART)
+    _, problem, x0 = _problems(QUICKSTART, 40)
+    s0 = stack.codec.teacher.init(problem, x0)
+    hooks = ("hook_resid_pre", "attn.hook_pattern")
+    full_states, full = run_with_cache(stack, problem, s0, hooks=hooks, chunk=16)
+    states, cache = run_with_cache(stack, problem, s0, layers=[4, 2], hooks=hooks, chunk=16)
+    assert sorted(cache) == ["blocks.1.attn.hook_pattern", "blocks.1.hook_resid_pre",
+                             "blocks.3.attn.hook_pattern", "blocks.3.hook_resid_pre"]
+    for name, value in cache.items():
+        assert torch.equal(value, full[name])
+    for field in stack.codec.learned_fields:  # the states after layers 2 and 4
+        assert torch.equal(states[0][field], full_states[1][field])
+        assert torch.equal(states[1][field], full_states[3][field])
 
 
 def test_run_with_cache_names_every_layer_like_transformer_lens():
@@ -255,8 +284,8 @@ def test_an_exact_gd_stack_retargets_as_the_teacher_does():
 # ---------------------------------------------------------------- end to end
 
 
-def test_probe_gd_stack_end_to_end_without_writing():
-    results = probe(GD, problems=256, write=False)
+def test_probe_gd_stack_end_to_end_without_writing(gd_probed):
+    results = gd_probed
     json.dumps(results, allow_nan=False)  # strict JSON
     gradient = results["probes"]["gradient"]
     assert len(gradient["heads"]["r2"]) == 4 and gradient["beyond_slots"] is not None
@@ -268,6 +297,62 @@ def test_probe_gd_stack_end_to_end_without_writing():
         "found"] is True
     text = report(results)
     assert text.rstrip().splitlines()[-1].startswith("| the blocks compute one repeated step")
+
+
+def test_deep_stacks_are_probed_at_log_spaced_layers_and_run_at_most_16_layers_past_it():
+    assert default_layers(5) == [1, 2, 3, 4, 5]
+    assert default_layers(16) == list(range(1, 17))
+    assert default_layers(17) == [1, 2, 4, 8, 16, 17]
+    assert default_layers(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert default_layers(96) == [1, 2, 4, 8, 16, 32, 64, 96]
+    assert [more_steps(d) for d in (4, 5, 16, 96)] == [8, 10, 32, 112]
+    assert [ood_problems(d, n) for d, n in ((5, 4096), (5, 128), (96, 4096))] == [1024, 128, 256]
+
+
+def test_a_probe_of_chosen_layers_equals_those_layers_of_a_full_probe(gd_probed):
+    full, chosen = gd_probed, probe(GD, problems=256, layers=[3, 1], write=False)
+    assert chosen["layers"] == [1, 3] and full["layers"] == [1, 2, 3, 4]
+    picked = [0, 2]  # layers 1 and 3 in the full probe's lists
+    assert chosen["rows"] == [full["rows"][i] for i in picked]
+    for name, entry in chosen["probes"].items():
+        for site in ("input", "stream", "beyond_slots", "heads"):
+            for key, values in entry[site].items():
+                assert values == [full["probes"][name][site][key][i] for i in picked], (name, key)
+    attention = chosen["attention"]
+    assert attention["layers"] == [full["attention"]["layers"][i] for i in picked]
+    assert attention["maps"]["trained"] == [full["attention"]["maps"]["trained"][i]
+                                            for i in picked]
+    gradient = chosen["probes"]["gradient"]["heads"]
+    assert gradient["r2"][1] > 0.99 and gradient["control_r2"][1] < 0.9  # layer 3's numbers
+    for measure_ in ("interchange", "updates"):  # layers 1 and 3 of the 4 x 4 matrices
+        for who in ("trained", "control"):
+            whole = full["similarity"][measure_][who]
+            assert chosen["similarity"][measure_][who] == [[whole[i][j] for j in picked]
+                                                           for i in picked]
+    assert chosen["similarity"]["blocks_of_layers"] == [1, 3]
+    assert chosen["counterfactual"] == full["counterfactual"]  # swap at 3, run to layer 4
+    assert chosen["ood"] == full["ood"]
+    signs = {row["sign"]: row for row in chosen["signs"]}
+    assert "at layer 1 (untrained 0.08" in signs["gradient in the heads' outputs"]["number"]
+    text = report(chosen)
+    assert "Layers probed: 1, 3 of 4" in text
+    table = text.split("**gradient**")[1].split("\n\n")[1].splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| 1", "| 3"]
+
+
+def test_the_ood_rollout_measure_is_evaluate_stacks():
+    stack = load_stack(QUICKSTART)
+    _, problem, x0 = _problems(QUICKSTART, 96, seed=1011)
+    traj = rollout(stack.codec.teacher, problem, x0, 7)
+    mine = measure(stack, problem, traj, 7, 1.0)
+    theirs = evaluate_stack(stack, problem, traj, 1.0, 7, beyond="last")
+    gap = theirs["objective"]
+    assert mine["gap"] == {who: gap[who]["median"] for who in ("teacher", "emulated")}
+    assert mine["progress"] == theirs["progress_ratio"]["median"]
+    assert mine["rollout"] == theirs["rollout"]["simplex"]["median"]
+    assert mine["breakdown_depth"] == theirs["breakdown_depth"]
+    assert mine["problems"] == 96 and len(mine["gap"]["emulated"]) == 8
+    assert 0 < mine["gap"]["emulated"][-1] < mine["gap"]["emulated"][0]
 
 
 def test_probe_a_looped_stack_says_it_has_one_block(tmp_path):
@@ -290,6 +375,11 @@ def test_cli_reports_a_bad_directory_in_one_line_and_never_writes_into_checkpoin
     assert "is a checkpoint directory" in capsys.readouterr().err
     assert main(["probe", QUICKSTART, "--out", "checkpoints/probes"]) == 2
     assert "holds saved stacks" in capsys.readouterr().err
+    for layers, why in (("0,2", "0 is not one"), ("6", "6 is not one"),
+                        ("2,4,2", "2 is given twice"), ("1,x", "separated by commas")):
+        assert main(["probe", QUICKSTART, "--layers", layers]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0], err
     shipped = Path(QUICKSTART)
     assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "model.safetensors"]
     assert not (shipped.parent / "probes").exists()

@@ -346,9 +346,11 @@ def _counterfactual_section(results: dict) -> list[str]:
 
 
 def _ood_section(results: dict) -> list[str]:
+    count = next((r["problems"] for r in results["ood"] if "skipped" not in r), 0)
     lines = ["## Out of distribution", "",
-             "The stack rolled out on fresh problems, measured as `evaluate_stack` measures a "
-             "rollout; f - f* medians; progress ratio 1 = the teacher's decrease, 0 = none. "
+             f"The stack rolled out on {count} fresh problems per condition, measured as "
+             "`evaluate_stack` measures a rollout; f - f* medians; progress ratio 1 = the "
+             "teacher's decrease, 0 = none. "
              f"More steps: twice the depth, at most {MORE_STEPS} layers past it (the last "
              "block repeating).", ""]
     rows = []
@@ -405,7 +407,7 @@ def _similarity_section(results: dict) -> list[str]:
 def _layers_probed(layers: list[int], depth: int) -> str:
     if layers == list(range(1, depth + 1)):
         return f"all {depth}"
-    return f"{', '.join(map(str, layers))} of {depth} (`--layers`); the rest are run, not probed"
+    return f"{', '.join(map(str, layers))} of {depth} (`--layers`; the others are not probed)"
 
 
 def report(results: dict) -> str:

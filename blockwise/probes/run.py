@@ -6,13 +6,16 @@ report written to one directory.
     results["probes"]["f_reflected"]["beyond_slots"]["r2"]    # per probed layer
     results["layers"]                                           # which: [1, 2, 3, 4, 5]
 
-Every per-layer instrument reads the layers probed (`layers`; default `default_layers`: all of
-a stack of up to 16, a log-spaced few of a deeper one), the stack run through the deepest of
-them. The stack runs from fresh problems (`seed`, never the recipe's training or validation seed),
+The stack runs from fresh problems (`seed`, never the recipe's training or validation seed),
 a quarter of them held out: probes are fitted on the others and scored on those, and the
 attention statistics, the counterfactual and the similarities are taken on them. Layer k is
 probed on the state it receives in the stack's own rollout, the untrained control on the same
-states. Out under `out` (default runs/probes/<name>; never inside a checkpoint directory):
+states. Every per-layer instrument (probes, attention, similarities) reads the layers probed
+alone (`layers`, default `default_layers`: every layer of a stack up to 16 deep, 1, 2, 4, ...
+and the last of a deeper one), the stack run through the deepest of them. The counterfactual
+runs on to the last layer; the out-of-distribution rollouts go at most `ood.MORE_STEPS` past
+it, on DEEP_OOD_PROBLEMS problems for a stack deeper than EVERY_LAYER.
+Out under `out` (default runs/probes/<name>; never inside a checkpoint directory):
     probes.json     every number below, strict JSON (NaN as null)
     report.md       the instruments' tables and, last, the signs found
     probe_scores, attention, counterfactual, similarity, ood    figures, PNG and PDF
@@ -61,6 +64,10 @@ PROBLEMS = 4096
 HELD_OUT = 0.25
 SIMILARITY_ROWS = 1024
 OOD_PROBLEMS = 1024
+DEEP_OOD_PROBLEMS = 256
+"""The out-of-distribution problems of a stack deeper than EVERY_LAYER: every condition runs
+it through every layer, and a 96-layer stack's seven oracle-mode conditions on OOD_PROBLEMS
+problems took as long as all the other instruments together (80 s on one core)."""
 PROBED = ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_resid_post")
 """The hooks the instruments read; the others are not kept."""
 EVERY_LAYER = 16
@@ -75,6 +82,12 @@ def default_layers(depth: int) -> list[int]:
     if depth <= EVERY_LAYER:
         return list(range(1, depth + 1))
     return [1 << i for i in range(depth.bit_length()) if 1 << i < depth] + [depth]
+
+
+def ood_problems(depth: int, problems: int) -> int:
+    """How many problems each out-of-distribution condition runs: OOD_PROBLEMS, or
+    DEEP_OOD_PROBLEMS for a stack deeper than EVERY_LAYER; never more than `problems`."""
+    return min(OOD_PROBLEMS if depth <= EVERY_LAYER else DEEP_OOD_PROBLEMS, problems)
 
 
 def parse_layers(text: str) -> list[int]:
@@ -94,9 +107,10 @@ def select_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
     layers = list(layers)
     bad = [k for k in layers if isinstance(k, bool) or not isinstance(k, int)
            or not 1 <= k <= depth]
-    if not layers or bad or len(set(layers)) < len(layers):
-        why = (f"{bad[0]!r} is not one" if bad else "none given" if not layers
-               else f"{next(k for k in layers if layers.count(k) > 1)} is given twice")
+    twice = [k for k in layers if layers.count(k) > 1]
+    if bad or twice or not layers:
+        why = (f"{bad[0]!r} is not one" if bad else f"{twice[0]} is given twice" if twice
+               else "none given")
         raise ValueError(f"probe: layers must be distinct layer numbers in 1..{depth}; {why}")
     return sorted(layers)
 
@@ -234,7 +248,7 @@ def probe(
                      for who in ("trained", "control")},
         },
         "counterfactual": counterfactual(stack, test_problem, other, traj[0], swap, depth),
-        "ood": out_of_distribution(stack, recipe, min(OOD_PROBLEMS, problems), seed + 2),
+        "ood": out_of_distribution(stack, recipe, ood_problems(depth, problems), seed + 2),
         "similarity": _similarity(stack, control, updates, pooled, test_problem, traj, probed),
     }
     if target is not None:
@@ -295,7 +309,7 @@ def _probe_layers(
     return per_layer, updates, torch.cat(pooled)
 
 
-def compared_blocks(stack: Stack, layers: list[int]) -> list[int]:
+def _compared_blocks(stack: Stack, layers: list[int]) -> list[int]:
     """The layers whose blocks the similarities compare: the probed ones', or the one block of
     a looped stack (layer 1's)."""
     return [1] if stack.looped else layers
@@ -307,11 +321,11 @@ def _similarity(stack: Stack, control: Stack, updates: dict[str, list], pooled: 
     control."""
     stacks = {"trained": stack, "control": control}
     blocks: dict[str, list[Block]] = {
-        who: [s.block(k) for k in compared_blocks(stack, layers)] for who, s in stacks.items()
+        who: [s.block(k) for k in _compared_blocks(stack, layers)] for who, s in stacks.items()
     }
     return {
         "looped": stack.looped,
-        "blocks_of_layers": compared_blocks(stack, layers),
+        "blocks_of_layers": _compared_blocks(stack, layers),
         "interchange": {who: interchange(s, problem, traj, layers) for who, s in stacks.items()},
         "updates": {who: cka_matrix(u) for who, u in updates.items()},
         "same_inputs": {who: cka_matrix(same_input_updates(b, pooled))
