@@ -105,10 +105,8 @@ def _stages(recipe: Recipe, out: Path, log) -> dict:
     }
     if "shuffled" in pretrained:
         stacks["shuffled"] = stack_of(pretrained["shuffled"])
-    labels = {"trained": "stacked", "untrained": "untrained", "shuffled": "shuffled"}
-    rows = teacher_forced_errors(
-        {label: stacks[name] for label, name in labels.items() if name in stacks}, problem, traj
-    )
+    controls = {name: stacks[name] for name in ("untrained", "shuffled") if name in stacks}
+    rows = teacher_forced_errors({"trained": stacks["stacked"], **controls}, problem, traj)
     log("teacher-forced normalized error per block (median [p10, p90]; identity = 1):")
     log(format_table(rows))
     if recipe.finetune.max_epochs > 0:

@@ -20,6 +20,16 @@ def teacher(request) -> teachers.Teacher:
     return teachers.make(request.param, **TEST_SETTINGS.get(request.param, {}))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, given back afterwards: probes are many small operations,
+    which a second thread only slows (a lot on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _float64_default():
     """Tests choose dtypes explicitly; keep torch's global default as it was."""

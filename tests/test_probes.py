@@ -35,14 +35,7 @@ from blockwise.stack import Stack
 QUICKSTART, GD = "checkpoints/quickstart", "checkpoints/gd_least_squares"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Probes are many small operations, which a second thread only slows (a lot on a busy
-    machine); the thread count is given back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,7 @@ import torch
 
 from blockwise.probes.linear import RidgeProbe, fit_logistic, logistic_probe, r2_score
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Probes are many small operations, which a second thread only slows (a lot on a busy
-    machine); the thread count is given back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int, p: int, seed: int = 0):

@@ -52,6 +52,18 @@ def plot_objective_depth(
     return fig, ax
 
 
+def ratio_axis(ax: Axes, shown: list[np.ndarray]) -> None:
+    """The teacher's progress (1) and none (0) as lines, and y limits that hold the ratios
+    `shown` within RATIO_LIMITS (a stack far off would flatten the rest)."""
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.axhline(0.0, color="k", lw=0.8, ls=":")
+    data = np.concatenate(shown)
+    data = data[np.isfinite(data)]
+    low = max(RATIO_LIMITS[0], min(-0.1, data.min(initial=0.0)))
+    high = min(RATIO_LIMITS[1], max(1.1, data.max(initial=1.0)))
+    ax.set_ylim(low - 0.05, high + 0.05)
+
+
 def plot_progress_ratio(metrics: dict, ax: Axes | None = None) -> tuple[Figure, Axes]:
     """Progress ratio at layers 1..L per evaluation: 1 is the teacher's progress, 0 none."""
     fig, ax = _axes(ax, (7.0, 2.2))
@@ -61,13 +73,7 @@ def plot_progress_ratio(metrics: dict, ax: Axes | None = None) -> tuple[Figure, 
     for key, m in present.items():
         band(ax, layers, m["progress_ratio"], EVALUATIONS[key][1], spread=key not in CONTROLS)
         shown.append(values(m["progress_ratio"]))
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.axhline(0.0, color="k", lw=0.8, ls=":")
-    data = np.concatenate(shown)
-    data = data[np.isfinite(data)]
-    low = max(RATIO_LIMITS[0], min(-0.1, data.min(initial=0.0)))
-    high = min(RATIO_LIMITS[1], max(1.1, data.max(initial=1.0)))
-    ax.set_ylim(low - 0.05, high + 0.05)
+    ratio_axis(ax, shown)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer k (teacher steps emulated)")
     ax.set_ylabel("progress ratio\n(1: as teacher)", fontsize="small")

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from blockwise.plots.depth import EVALUATIONS, values
-from blockwise.plots.progress import RATIO_LIMITS
+from blockwise.plots.progress import ratio_axis
 
 IDENTITY = ("identity (s_0 held)", "k", "-.")
 # Colours of evaluations the per-run figures do not know yet, in order of appearance.
@@ -113,13 +113,7 @@ def plot_sweep(summary: dict) -> Figure:
         if spread is not None:
             _line(progress_ax, x, spread, style, band)
             shown += [values(spread, k) for k in ("median", "min", "max")]
-    progress_ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    progress_ax.axhline(0.0, color="k", lw=0.8, ls=":")
-    data = np.concatenate(shown)
-    data = data[np.isfinite(data)]
-    low = max(RATIO_LIMITS[0], min(-0.1, data.min(initial=0.0)))
-    high = min(RATIO_LIMITS[1], max(1.1, data.max(initial=1.0)))
-    progress_ax.set_ylim(low - 0.05, high + 0.05)
+    ratio_axis(progress_ax, shown)
     progress_ax.set_ylabel("progress ratio (1: as teacher)")
     progress_ax.set_title("progress ratio at layer K (median over problems)", fontsize="small")
 
