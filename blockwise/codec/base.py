@@ -93,6 +93,10 @@ class Codec:
     vertex_f_kinds: ClassVar[tuple[str, ...]] = ("own",)
     """Where the f values of the points a layer outputs come from between layers (see
     `SimplexCodec`): "own" is the layer's output, the only kind of codecs without such values."""
+    vertex_set: ClassVar[tuple[str, ...]] = ()
+    """Learned fields whose axis 1 lists points that `decode` re-sorts (a simplex's vertices
+    and their f values, permuted together): the order a block outputs them in is free, which
+    `train.set_loss` lets the pretraining loss say."""
 
     def __init__(
         self, teacher: Teacher, problem: Problem, mode: str, frame: str, vertex_f: str = "own"

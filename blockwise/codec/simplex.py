@@ -81,6 +81,7 @@ class SimplexCodec(Codec):
     index_meaning = "vertex rank; for a trial or shrink point, the rank of the vertex it moves"
     frame_kinds = frames.KINDS
     vertex_f_kinds = ("own", "evaluated")
+    vertex_set = ("simplex", "fvals")
 
     def _configure(self) -> None:
         parallel = isinstance(self.teacher, ParallelNelderMead)

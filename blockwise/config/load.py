@@ -404,6 +404,12 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
                 f"{', '.join(codec.learned_fields)} (and carries "
                 f"{', '.join(not_learned) or 'nothing'} over unlearned)",
             )
+    if recipe.train.set_loss and not codec.vertex_set:
+        raise RecipeError(
+            file, "train.set_loss",
+            f"expected false: {t.name}'s codec outputs no points that its decode re-sorts, so "
+            "the order of its outputs is not free",
+        )
     if recipe.tied and recipe.pairing != "shared":
         raise RecipeError(
             file, "tied",

@@ -240,6 +240,13 @@ class TrainConfig(StageConfig):
         1, "Blocks trained at once, each in its own process. Fine-tuning trains the whole "
         "stack in one process and has no such setting.", at_least(1)
     )
+    set_loss: bool = setting(
+        False, "Score a block's output points as a set: for codecs whose decode re-sorts them "
+        "(a Nelder–Mead simplex and its f values), match the output vertices to the target's "
+        "in the order that makes the loss least, per example, since the order a block outputs "
+        "them in never reaches the next layer. Off, vertex i is scored against the target's "
+        "vertex i, so a block must also learn the order, which flips at every near tie of f."
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -258,23 +258,13 @@ def eval_checkpoint(
     steps = config["depth"] if steps is None else steps
     if steps < 1:
         raise ValueError(f"eval_checkpoint: steps must be at least 1, got {steps}")
-    seed = recipe.data.test_seed if seed is None else seed
     if dim != own.dim:
         raise ValueError(
             f"eval_checkpoint: the stack was trained in n = {own.dim} and cannot read problems "
             f"in n = {dim}: its token layout (coordinate slots, number of vertex or point "
             "tokens, problem tokens) depends on n"
         )
-    if family == own.family and seed in (recipe.data.train_seed, recipe.data.val_seed):
-        raise ValueError(
-            f"eval_checkpoint: seed {seed} is the recipe's training or validation seed; "
-            "numbers come from held-out problems"
-        )
-    problem = sample_problems(
-        family, problems, dim, seed, **(own.settings if family == own.family else {})
-    )
-    teacher = teachers.make(recipe.teacher.name, **recipe.teacher.settings)
-    traj = rollout(teacher, problem, problem.sample_x0(seed=seed, radius=own.x0_radius), steps)
+    problem, traj = held_out(recipe, steps, problems, seed, family)
     stack = load_stack(path)
     codec = build_codec(recipe, problem)
     if codec.slots != stack.codec.slots:
@@ -285,3 +275,25 @@ def eval_checkpoint(
         )
     stack.codec = codec  # the same layout, built for this family's problems
     return evaluate_stack(stack, problem, traj, recipe.eval.threshold, steps, beyond)
+
+
+def held_out(
+    recipe, steps: int, count: int, seed: int | None = None, family: str | None = None
+) -> tuple[Problem, Trajectory]:
+    """`count` test problems of the recipe's family (or `family`, with its default settings)
+    and the teacher's trajectory of `steps` steps on them, from `seed` (default the recipe's
+    test seed), which may be neither the recipe's training nor its validation seed."""
+    own = recipe.problem
+    family = own.family if family is None else family
+    seed = recipe.data.test_seed if seed is None else seed
+    if family == own.family and seed in (recipe.data.train_seed, recipe.data.val_seed):
+        raise ValueError(
+            f"held-out problems: seed {seed} is the recipe's training or validation seed; "
+            "numbers come from held-out problems"
+        )
+    problem = sample_problems(
+        family, count, own.dim, seed, **(own.settings if family == own.family else {})
+    )
+    teacher = teachers.make(recipe.teacher.name, **recipe.teacher.settings)
+    traj = rollout(teacher, problem, problem.sample_x0(seed=seed, radius=own.x0_radius), steps)
+    return problem, traj

@@ -3,12 +3,18 @@
 The block sits between the stack's shared read-in and read-out (frozen during pretraining, so
 that blocks trained apart still compose), maps an encoded state s_{k-1} to tokens, and the
 codec reads the predicted learned fields out of them. The loss is the weighted sum over
-fields of the mean squared error in the input state's frame.
+fields of the mean squared error in the input state's frame; with `set_fields` (the codec's
+`vertex_set`, under `train.set_loss`) the output points are first matched to the target's in
+the order that makes that loss least, per example.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import lightning as L
+import torch
 from torch import Tensor
 
 from blockwise.errors import normalized_error
@@ -20,6 +26,36 @@ from blockwise.training.trainer import check_finite
 def field_losses(pred: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
     """Mean squared error per field; each tensor (M, ...)."""
     return {name: ((pred[name] - target[name]) ** 2).mean() for name in target}
+
+
+MAX_ORDERS = 720
+"""The most orders (m! for m points) `matched_to_set` tries: every one is scored, per example."""
+
+
+def matched_to_set(
+    pred: dict[str, Tensor], target: dict[str, Tensor], fields: tuple[str, ...],
+    weights: dict[str, float],
+) -> dict[str, Tensor]:
+    """`pred` with the m points on axis 1 of `fields` (each (M, m, ...), permuted together)
+    put, per example, in the order that makes the weighted mean squared error against `target`
+    least: the order `field_losses` would score if a block's output order were free."""
+    points = target[fields[0]].shape[1]
+    if math.factorial(points) > MAX_ORDERS:
+        raise ValueError(f"set loss: {points} points have more than {MAX_ORDERS} orders")
+    device = pred[fields[0]].device
+    orders = torch.tensor(list(itertools.permutations(range(points))), device=device)  # (m!, m)
+    cost = 0.0
+    for f in fields:
+        ordered = pred[f][:, orders]  # (M, m!, m, ...): every order of each example's points
+        miss = (ordered - target[f][:, None]) ** 2
+        # As field_losses weighs it: the mean over the field's elements of one example.
+        cost = cost + weights[f] * miss.flatten(2).mean(dim=2)  # (M, m!)
+    best = orders[cost.argmin(dim=1)]  # (M, m)
+    return {
+        f: (v.gather(1, best.view(best.shape + (1,) * (v.ndim - 2)).expand_as(v))
+            if f in fields else v)
+        for f, v in pred.items()
+    }
 
 
 class BlockModule(L.LightningModule):
@@ -34,6 +70,8 @@ class BlockModule(L.LightningModule):
         schedule: "constant" or "cosine" (decay to 0 over the run), after `warmup_steps`
             of linear warm-up.
         name: used in messages ("block 3").
+        set_fields: learned fields whose points (axis 1) are scored as a set
+            (`matched_to_set`); empty scores them in order.
     """
 
     def __init__(
@@ -47,6 +85,7 @@ class BlockModule(L.LightningModule):
         schedule: str = "cosine",
         warmup_steps: int = 0,
         name: str = "block",
+        set_fields: tuple[str, ...] = (),
     ):
         super().__init__()
         self.block, self.readio, self.codec = block, readio, codec
@@ -54,6 +93,7 @@ class BlockModule(L.LightningModule):
         self.weights = {f: float((loss_weights or {}).get(f, 1.0)) for f in codec.learned_fields}
         self.lr, self.weight_decay = lr, weight_decay
         self.schedule, self.warmup_steps, self.name = schedule, warmup_steps, name
+        self.set_fields = tuple(set_fields)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Encoded inputs (B, T, D) -> output tokens (B, T, D)."""
@@ -65,6 +105,8 @@ class BlockModule(L.LightningModule):
     def loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """The training objective on a batch: (weighted loss, per-field losses, predictions)."""
         pred = self.predict_fields(batch["tokens"])
+        if self.set_fields:
+            pred = matched_to_set(pred, batch["targets"], self.set_fields, self.weights)
         losses = field_losses(pred, batch["targets"])
         return sum(self.weights[f] * v for f, v in losses.items()), losses, pred
 

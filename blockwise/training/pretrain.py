@@ -81,6 +81,7 @@ def block_module(
         tc.schedule,
         tc.warmup_steps,
         name=f"{'shuffled control ' if shuffled else ''}block {layer}",
+        set_fields=codec.vertex_set if tc.set_loss else (),
     )
 
 
