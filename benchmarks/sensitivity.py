@@ -45,7 +45,9 @@ BLOWN = 1e3
 
 def own_errors(stack, problem, traj, layers: int) -> torch.Tensor:
     """(L, B) the stack's teacher-forced error of its primary field at each layer and problem,
-    0 where undefined (the teacher did not move it), capped at BLOWN."""
+    0 where undefined (the teacher did not move it), capped at BLOWN. The matched row perturbs
+    every learned field by these sizes: with f evaluated between layers only the primary field
+    (the simplex) reaches the next layer; with its own f, f gets the simplex's error sizes."""
     field = stack.codec.learned_fields[0]
     stack.eval()
     with torch.no_grad():
@@ -100,7 +102,11 @@ def main() -> None:
     recipe_of = lambda path: recipe_from_dict(read_config(path)["recipe"])  # noqa: E731
     recipe = recipe_of(args.recipe) if Path(args.recipe).is_dir() else load_recipe(args.recipe)
     if args.matched:
-        recipe = recipe_of(args.matched)  # its bookkeeping (vertex_f) is the one to match
+        matched_recipe = recipe_of(args.matched)
+        if matched_recipe.name != recipe.name:
+            parser.error(f"--matched {args.matched} was trained on recipe "
+                         f"{matched_recipe.name!r}, not {recipe.name!r}")
+        recipe = matched_recipe  # its bookkeeping (vertex_f) is the one to match
     layers = args.steps or recipe.steps
     problem, traj = held_out(recipe, layers, args.count, args.seed)
     codec = build_codec(recipe, problem)

@@ -9,6 +9,7 @@ import torch
 from blockwise import problems, teachers
 from blockwise.build import build_codec
 from blockwise.config import load_recipe
+from blockwise.errors import emulation_error
 from blockwise.evaluation import evaluate_stack
 from blockwise.evaluation.perturbed import PerturbedTeacher
 from blockwise.rollout import rollout
@@ -67,6 +68,9 @@ def test_a_simplex_keeps_the_stacks_bookkeeping():
     codec, problem, traj = _setup("nelder_mead")
     assert codec.vertex_f == "evaluated"
     out = PerturbedTeacher(codec, 0.3, traj.steps).layer(3, traj[2], problem)
+    # Perturbed by 0.3 of the step: exactly, wherever the re-sort kept the teacher's order.
+    miss = emulation_error(out["simplex"], traj[3]["simplex"], traj[2]["simplex"])
+    assert ((miss - 0.3).abs() < 1e-9).float().mean() > 0.6  # 46 of 64 here
     assert torch.allclose(out["fvals"], problem(out["simplex"]), rtol=1e-12, atol=0)
     assert (out["fvals"].diff(dim=1) >= 0).all()
 

@@ -7,8 +7,13 @@ import itertools
 import pytest
 import torch
 
+from blockwise import problems, teachers
+from blockwise.build import build_codec, new_block
 from blockwise.config import RecipeError, load_recipe
+from blockwise.model import ReadIO
+from blockwise.rollout import rollout
 from blockwise.training.block_module import field_losses, matched_to_set
+from blockwise.training.pretrain import block_module
 
 WEIGHTS = {"simplex": 1.0, "fvals": 0.5}
 
@@ -34,9 +39,13 @@ def test_matching_finds_the_least_loss_of_every_order():
         got = sum(WEIGHTS[f] * ((matched[f][b] - target[f][b]) ** 2).mean().item()
                   for f in WEIGHTS)
         assert got == pytest.approx(best, rel=1e-12, abs=1e-15)
-    # The vertices and their f values move together: matched is a reordering of pred.
-    for f in WEIGHTS:
-        assert torch.equal(matched[f].sort(dim=1).values, pred[f].sort(dim=1).values)
+    # The vertices and their f values move together: one order per example maps pred to
+    # matched in both fields.
+    for b in range(64):
+        orders = [o for o in itertools.permutations(range(3))
+                  if torch.equal(pred["fvals"][b, list(o)], matched["fvals"][b])]
+        assert len(orders) == 1
+        assert torch.equal(pred["simplex"][b, list(orders[0])], matched["simplex"][b])
 
 
 def test_a_reordered_target_costs_nothing_and_the_ordered_loss_sees_it():
@@ -50,7 +59,26 @@ def test_a_reordered_target_costs_nothing_and_the_ordered_loss_sees_it():
     assert field_losses(pred, target)["simplex"].item() > 0.1
 
 
-def test_set_loss_needs_a_codec_that_resorts(tmp_path):
+def test_set_loss_needs_a_codec_that_resorts_and_few_points():
     with pytest.raises(RecipeError, match="train.set_loss"):
         load_recipe("recipes/gd_least_squares.yaml", ["train.set_loss=true"])
+    with pytest.raises(RecipeError, match="5040"):  # 7 vertices in n = 6
+        load_recipe("recipes/quickstart.yaml", ["train.set_loss=true", "problem.dim=6"])
     assert load_recipe("recipes/quickstart.yaml", ["train.set_loss=true"]).train.set_loss
+
+
+@pytest.mark.parametrize("set_loss", [True, False])
+def test_pretraining_scores_a_reordered_target_as_the_recipe_says(set_loss):
+    recipe = load_recipe("recipes/quickstart.yaml", [f"train.set_loss={str(set_loss).lower()}"])
+    problem = problems.make("quadratic", batch=32, dim=2, seed=3)
+    teacher = teachers.make("nelder_mead")
+    traj = rollout(teacher, problem, problem.sample_x0(seed=4), 3)
+    codec = build_codec(recipe, problem)
+    readio = ReadIO(codec.token_dim, recipe.block.width)
+    module = block_module(recipe, 1, new_block(recipe, 1), readio, codec)
+    enc = codec.encode(traj[2], problem)
+    target = codec.to_frame(traj[3], enc.frame)
+    swapped = {f: v[:, [1, 0, 2]] for f, v in target.items()}  # the best two vertices swapped
+    module.predict_fields = lambda tokens: swapped  # a block that outputs them so
+    loss, _, _ = module.loss({"tokens": enc.tokens.float(), "targets": target})
+    assert (loss.item() == 0) == set_loss

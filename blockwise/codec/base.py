@@ -42,6 +42,9 @@ from blockwise.problems import Frame, Objective, Problem
 from blockwise.teachers.base import State, Teacher, check_state
 
 MODES = ("in_context", "oracle")
+MAX_SET_ORDERS = 720
+"""The most orders (m! for m points of a `Codec.vertex_set`) that `train.set_loss` scores,
+each of them per example: m <= 6, a simplex in n <= 5."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

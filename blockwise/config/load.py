@@ -28,6 +28,7 @@ import yaml
 from blockwise import problems, teachers
 from blockwise.codec import REGISTRY as CODECS
 from blockwise.codec import make_codec
+from blockwise.codec.base import MAX_SET_ORDERS
 from blockwise.config.schema import Check, Recipe
 
 
@@ -410,6 +411,15 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
             f"expected false: {t.name}'s codec outputs no points that its decode re-sorts, so "
             "the order of its outputs is not free",
         )
+    if recipe.train.set_loss:
+        points = codec.placements[codec.vertex_set[0]].shape[0]
+        if math.factorial(points) > MAX_SET_ORDERS:
+            raise RecipeError(
+                file, "train.set_loss",
+                f"expected false for n = {p.dim}: the loss scores every order of the "
+                f"{points} output points, {math.factorial(points)} of them, and takes at most "
+                f"{MAX_SET_ORDERS}",
+            )
     if recipe.tied and recipe.pairing != "shared":
         raise RecipeError(
             file, "tied",

@@ -245,7 +245,9 @@ class TrainConfig(StageConfig):
         "(a Nelder–Mead simplex and its f values), match the output vertices to the target's "
         "in the order that makes the loss least, per example, since the order a block outputs "
         "them in never reaches the next layer. Off, vertex i is scored against the target's "
-        "vertex i, so a block must also learn the order, which flips at every near tie of f."
+        "vertex i, so a block must also learn the order, which flips at every near tie of f. "
+        "Fine-tuning's default objective scores decoded, re-sorted states; its frame_mse "
+        "scores the vertices in order."
     )
 
 
@@ -256,7 +258,8 @@ class FinetuneConfig(StageConfig):
         "log(1+e^2), e the normalized emulation error of the decoded state, as evaluation "
         "reports it (robust: problems that went astray do not dominate). frame_mse: the "
         "squared error of the output fields in the frame of the stack's own state at that "
-        "layer (pretraining's loss; runs saved before this setting existed used it). "
+        "layer (pretraining's loss without set_loss; runs saved before this setting existed "
+        "used it). "
         "optimize: no teacher past s_0; per layer, the mean over problems of log of the "
         "optimality gap f - f* at the decoded incumbent relative to s_0's, so the stack may "
         "become a better optimizer than its teacher (loss_weights do not apply)."

@@ -45,8 +45,6 @@ class PerturbedTeacher(nn.Module):
         seed: the noise's seed; noise is drawn in order of the calls, on the CPU in float64.
     """
 
-    looped = True
-
     def __init__(self, codec, eps: float | list[float] | Tensor, depth: int, seed: int = 0):
         super().__init__()
         eps = torch.as_tensor(eps, dtype=torch.float64)

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from blockwise.codec.base import MAX_SET_ORDERS
 from blockwise.errors import normalized_error
 from blockwise.model import Block, ReadIO
 from blockwise.training.optim import adamw_with_schedule
@@ -28,10 +29,6 @@ def field_losses(pred: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str
     return {name: ((pred[name] - target[name]) ** 2).mean() for name in target}
 
 
-MAX_ORDERS = 720
-"""The most orders (m! for m points) `matched_to_set` tries: every one is scored, per example."""
-
-
 def matched_to_set(
     pred: dict[str, Tensor], target: dict[str, Tensor], fields: tuple[str, ...],
     weights: dict[str, float],
@@ -40,8 +37,8 @@ def matched_to_set(
     put, per example, in the order that makes the weighted mean squared error against `target`
     least: the order `field_losses` would score if a block's output order were free."""
     points = target[fields[0]].shape[1]
-    if math.factorial(points) > MAX_ORDERS:
-        raise ValueError(f"set loss: {points} points have more than {MAX_ORDERS} orders")
+    if math.factorial(points) > MAX_SET_ORDERS:
+        raise ValueError(f"set loss: {points} points have more than {MAX_SET_ORDERS} orders")
     device = pred[fields[0]].device
     orders = torch.tensor(list(itertools.permutations(range(points))), device=device)  # (m!, m)
     cost = 0.0
