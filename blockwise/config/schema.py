@@ -323,7 +323,9 @@ class Recipe:
     threads: int | None = setting(
         None, "CPU threads torch computes with in this process, and in each process of "
         "train.workers; null: torch's default (one per core), divided among the workers. "
-        "Changes how fast a run goes, not what it computes.",
+        "Changes how fast a run goes, and what it computes only by float rounding (another "
+        "summation order), which fine-tuning can amplify: the quickstart's blocks agree to "
+        "1e-5 between 1 and 2 threads, its fine-tuned layer 1 at 0.031 against 0.026.",
         Check(lambda v: v is None or 1 <= v <= 1024, "in [1, 1024]"),
     )
     problem: ProblemConfig = section(ProblemConfig, "The objective family and its instances.")
