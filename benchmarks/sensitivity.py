@@ -38,9 +38,14 @@ from blockwise.jsonable import to_jsonable
 
 DEFAULT_EPS = "0,1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,0.1"
 SHOWN = (1, 8, 16, 32, 64, 96)
-"""The layers the printed table shows (those the stack has)."""
+"""The layers the printed table shows (those the stack has, and its last)."""
 BLOWN = 1e3
 """A matched error that is inf (the block blew up) or above this is perturbed by this much."""
+
+
+def saved_recipe(checkpoint: str):
+    """The recipe a checkpoint directory was trained with."""
+    return recipe_from_dict(read_config(checkpoint)["recipe"])
 
 
 def own_errors(stack, problem, traj, layers: int) -> torch.Tensor:
@@ -73,7 +78,7 @@ def summary(metrics: dict) -> dict:
 
 
 def table(rows: dict[str, dict], layers: int) -> str:
-    shown = [k for k in SHOWN if k <= layers] or [layers]
+    shown = sorted({k for k in SHOWN if k <= layers} | {layers})  # and always the last
     head = (["row", "TF median (mean over layers)"] + [f"rollout {k}" for k in shown]
             + ["breakdown", f"progress {shown[-1]}", "progress >= 0.95 through"])
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
@@ -99,10 +104,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every row's numbers here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    recipe_of = lambda path: recipe_from_dict(read_config(path)["recipe"])  # noqa: E731
-    recipe = recipe_of(args.recipe) if Path(args.recipe).is_dir() else load_recipe(args.recipe)
+    recipe = saved_recipe(args.recipe) if Path(args.recipe).is_dir() else load_recipe(args.recipe)
     if args.matched:
-        matched_recipe = recipe_of(args.matched)
+        matched_recipe = saved_recipe(args.matched)
         if matched_recipe.name != recipe.name:
             parser.error(f"--matched {args.matched} was trained on recipe "
                          f"{matched_recipe.name!r}, not {recipe.name!r}")

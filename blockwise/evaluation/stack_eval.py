@@ -59,7 +59,7 @@ from torchmetrics.aggregation import SumMetric
 from blockwise import teachers
 from blockwise.build import build_codec
 from blockwise.checkpoints import load_stack, read_config
-from blockwise.config import recipe_from_dict
+from blockwise.config import Recipe, recipe_from_dict
 from blockwise.errors import emulation_error, normalized_error
 from blockwise.evaluation.metrics import (
     QUANTILES,
@@ -278,7 +278,7 @@ def eval_checkpoint(
 
 
 def held_out(
-    recipe, steps: int, count: int, seed: int | None = None, family: str | None = None
+    recipe: Recipe, steps: int, count: int, seed: int | None = None, family: str | None = None
 ) -> tuple[Problem, Trajectory]:
     """`count` test problems of the recipe's family (or `family`, with its default settings)
     and the teacher's trajectory of `steps` steps on them, from `seed` (default the recipe's
