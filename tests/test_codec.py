@@ -65,7 +65,7 @@ def test_registry_covers_every_teacher():
 
 def _skip_unless_served(teacher, frame):
     if frame not in codec.REGISTRY[teacher.name].frame_kinds:
-        pytest.skip(f"{teacher.name} has no {frame} frame (see test_affine_is_nelder_meads)")
+        pytest.skip(f"{teacher.name} has no {frame} frame (see test_affine_is_for_the_affine_*)")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -342,14 +342,14 @@ def test_cuda_equals_cpu(teacher, mode):
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("name", ["cma_es", "gradient_descent", "momentum", "adam"])
-def test_affine_is_nelder_meads(name):
-    """Only the simplex codecs take the affine frame; the others refuse it by name."""
+@pytest.mark.parametrize("name", ["gradient_descent", "momentum", "adam"])
+def test_affine_is_for_the_affine_invariant_optimizers(name):
+    """The simplex codecs and CMA-ES take the affine frame; the gradient ones refuse it by name."""
     quadratic = problems.make("quadratic", batch=2, dim=DIM, seed=0)
     teacher = teachers.make(name, **TEST_SETTINGS.get(name, {}))
-    with pytest.raises(ValueError, match=f"{name} codec: no 'affine' frame.*nelder_mead"):
+    with pytest.raises(ValueError, match=f"{name} codec: no 'affine' frame.*cma_es"):
         make_codec(teacher, quadratic, frame="affine")
-    for variant in SIMPLEX.values():
+    for variant in [*SIMPLEX.values(), teachers.make("cma_es")]:
         assert make_codec(variant, quadratic, frame="affine").frame == "affine"
 
 

@@ -383,7 +383,7 @@ def test_train_and_finetune_share_their_common_fields():
 
 @pytest.mark.parametrize(
     "teacher, kind",
-    [("nelder_mead", "affine"), ("parallel_nelder_mead", "affine"), ("cma_es", "scale"),
+    [("nelder_mead", "affine"), ("parallel_nelder_mead", "affine"), ("cma_es", "affine"),
      ("adam", "scale")],
 )
 def test_the_auto_frame_resolves_to_the_best_kind_the_codec_has(teacher, kind):

@@ -1,6 +1,7 @@
-"""The affine frame of the simplex codecs: Nelder–Mead's step is the same at every k there, the
-problem tokens describe f in it, degenerate simplices fall back to the scale frame, the state
-stays float64 between layers, and runs saved when codec.frame was a bool read as they ran."""
+"""The affine frames: Nelder–Mead's step is the same at every k there, the problem tokens
+describe f in it, degenerate simplices fall back to the scale frame, the state stays float64
+between layers, CMA-ES's update in its frame reads only the draws, and runs saved when
+codec.frame was a bool read as they ran."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from identity_stack import identity_blocks
 
-from blockwise import problems, rollout
+from blockwise import problems, rollout, teachers
 from blockwise.checkpoints import load_stack, read_config
 from blockwise.codec import frame as frames
 from blockwise.codec import make_codec
@@ -244,8 +245,50 @@ def test_a_checkpoint_saved_with_frame_true_loads_in_the_scale_frame(tmp_path):
                 read_config(copy)
 
 
-def test_a_recipe_asking_cma_es_for_the_affine_frame_is_refused_by_name():
-    with pytest.raises(ValueError, match="cma_es codec: no 'affine' frame"):
-        recipe_from_dict({"teacher": {"name": "cma_es"}, "codec": {"frame": "affine"}})
-    nm = {"teacher": {"name": "nelder_mead"}, "codec": {"frame": "affine"}}
-    assert recipe_from_dict(nm).codec.frame == "affine"
+def test_a_recipe_asking_a_gradient_teacher_for_the_affine_frame_is_refused_by_name():
+    with pytest.raises(ValueError, match="gradient_descent codec: no 'affine' frame"):
+        gd = {"name": "gradient_descent", "settings": {"lr": 0.1}}
+        recipe_from_dict({"teacher": gd, "codec": {"frame": "affine"}})
+    for name in ("nelder_mead", "cma_es"):
+        recipe = {"teacher": {"name": name}, "codec": {"frame": "affine"}}
+        assert recipe_from_dict(recipe).codec.frame == "affine"
+
+
+@pytest.mark.parametrize("k", [1, 6])
+def test_cma_es_in_its_affine_frame_is_the_update_with_c_equal_to_i_on_the_draws(k):
+    """In the frame L = sigma C^1/2 the candidates are the draws z_k = C^-1/2 (x_k - m) / sigma
+    and the teacher's next mean, p_c and C are eqs. (41)-(47) with C = I on them, recomputed
+    here in numpy float64 from the candidates, their f and the previous state."""
+    n = 4
+    problem = problems.make("quadratic", batch=64, dim=n, seed=5, condition=10.0)
+    teacher = teachers.make("cma_es", sigma0=0.5, sampler="mirrored")
+    traj = rollout(teacher, problem, problem.sample_x0(seed=6), k)
+    codec = make_codec(teacher, problem, mode="oracle", frame="affine")
+    now, after = traj[k - 1], traj[k]
+    enc = codec.encode(now, problem)
+    got = codec.to_frame(after, enc.frame)
+    tokens = enc.tokens[:, codec.positions["candidate"]]
+    p = teacher.params(n)
+    w = np.array(p.weights)
+    for b in range(8):
+        x = traj.extras["candidates"][k - 1][b].numpy()  # (lambda, n)
+        f = traj.extras["fvals"][k - 1][b].numpy()
+        m, sigma = now["mean"][b].numpy(), now["sigma"][b].item()
+        values, basis = np.linalg.eigh(now["C"][b].numpy())
+        inv_root = basis @ np.diag(values**-0.5) @ basis.T
+        z = (x - m) / sigma @ inv_root  # (lambda, n), inv_root is symmetric
+        order = np.argsort(f, kind="stable")
+        np.testing.assert_allclose(tokens[b, :, codec.slots["coords"]].numpy(), z, atol=1e-9)
+        zs = z[order]
+        shift = w[: p.mu] @ zs[: p.mu]
+        np.testing.assert_allclose(got["mean"][b].numpy(), shift, atol=1e-9)
+        h = float(traj.extras["h_sigma"][k - 1][b])
+        p_c = (1 - p.cc) * inv_root @ now["p_c"][b].numpy()
+        p_c = p_c + h * np.sqrt(p.cc * (2 - p.cc) * p.mueff) * shift
+        np.testing.assert_allclose(got["p_c"][b].numpy(), p_c, atol=1e-9)
+        w_circ = np.where(w < 0, w * n / (np.linalg.norm(zs, axis=1) + 1e-9) ** 2, w)
+        c1a = p.c1 * (1 - (1 - h) * p.cc * (2 - p.cc))
+        C = (1 - c1a - p.cmu * w.sum()) * np.eye(n) + p.c1 * np.outer(p_c, p_c)
+        C = C + p.cmu * (zs.T * w_circ) @ zs
+        np.testing.assert_allclose(got["C"][b].numpy(), C, atol=1e-9)
+        np.testing.assert_allclose(got["p_sigma"][b].numpy(), after["p_sigma"][b].numpy())

@@ -51,7 +51,7 @@ def make_codec(
         mode: "in_context" (problem tokens; the network evaluates f) or "oracle" (f values, or
             the gradient, at the points the step needs are computed at encode time).
         frame: the frame computed from the input state that encode normalizes into: "none",
-            "scale" (translation and scale) or "affine" (the simplex codecs only); see
+            "scale" (translation and scale) or "affine" (the simplex codecs and CMA-ES); see
             `blockwise.codec.frame` and each codec.
         vertex_f: the simplex codecs' f values of the vertices a layer outputs, as passed on
             to the next layer: "own" (the layer's output) or "evaluated" (by the harness).

@@ -19,8 +19,9 @@ Modes:
                 else of f.
 Frames (`blockwise.codec.frame`): with frame="scale" the codec normalizes into a
 translation-and-scale frame computed from the input state, so a step is learned scale-free;
-"affine" (the simplex codecs only) maps the current simplex to the standard simplex, so a step
-of an affine-equivariant optimizer looks the same at every k; "none" uses the identity.
+"affine" (the simplex codecs and CMA-ES) maps the current simplex to the standard simplex, or
+CMA-ES's distribution to N(0, I), so a step of an affine-equivariant optimizer looks the same at
+every k; "none" uses the identity.
 Fields the network does not predict are bookkeeping, filled in by `decode`: counters, keys and
 flags carried over from the encoded state, and quantities the step does not need from the
 network (GD's f(x)) recomputed from the objective at the emulated point, never taken from a
@@ -112,8 +113,8 @@ class Codec:
         if frame not in self.frame_kinds:
             raise ValueError(
                 f"{name} codec: no {frame!r} frame (expected one of {self.frame_kinds}); the "
-                "affine frame is for the simplex codecs (nelder_mead, parallel_nelder_mead), "
-                "whose optimizer is affine-equivariant"
+                "affine frame is for the optimizers that are affine-equivariant (nelder_mead, "
+                "parallel_nelder_mead, cma_es)"
             )
         if vertex_f not in self.vertex_f_kinds:
             raise ValueError(

@@ -15,20 +15,31 @@ Serves "cma_es". Tokens, after the problem tokens (in_context mode only):
 Slots: type, one, index (n), coords (n), f (1, oracle mode only), sigma (1), p_sigma (n),
 generation (1), p_c (n), C (n), then one group per problem token group. The candidates are the
 ones `CMAES.step` samples (`CMAES.candidates`): the draws come from the state's key, so they are
-an input, not something to emulate. An emulated C that is not positive definite is sampled
-from its nearest positive semi-definite matrix (the teacher would give NaN), and the points'
-gradient in C stays finite at repeated eigenvalues (fine-tuning trains through them).
+an input, not something to emulate. An emulated C that is not positive definite is sampled from
+its nearest positive semi-definite matrix (the teacher would give NaN), and the points' gradient
+in C stays finite at repeated eigenvalues (fine-tuning trains through them).
 Candidates carry no index: the update does not depend on their order, only on their f ranks.
 
 Objective modes: in_context leaves the candidates' f out, so the network must evaluate f at
 each of them from the problem tokens and rank them. oracle gives each candidate's f, and the
 problem tokens are left out: the update needs nothing else of f.
 
-Frame: centre = m, scale = sigma, f_shift = min_k f(x_k), f_scale = max_k f(x_k) - min_k f(x_k)
-(floored at float resolution, see `frame.floor`), so candidates are y_k = C^1/2 z_k, the mean
-is 0 and sigma is 1 on input. C and the paths are already scale-free and are not transformed.
-The f values are computed at encode time in both modes when framed ("scale"); in in_context mode
-they reach the network only through the frame (the problem tokens' curvature and offset).
+Frames: centre = m, f_shift = min_k f(x_k), f_scale = max_k f(x_k) - min_k f(x_k) (floored at
+float resolution, see `frame.floor`), and a linear map L:
+
+    scale   L = sigma I: candidates are y_k = C^1/2 z_k, the mean is 0 and sigma is 1 on input.
+            C and the paths are already scale-free and are not transformed.
+    affine  L = sigma C^1/2 (E, frame.scale = sigma): the distribution becomes N(0, I), so
+            candidates are the draws z_k themselves, C is I and p_c is C^-1/2 p_c on input.
+            CMA-ES is invariant under affine maps of the search space (Hansen, arXiv:1604.00772,
+            sec. 4, with the symmetric root as the whitening), so in this frame its update reads
+            only z, the ranks, p_sigma, C^-1/2 p_c and g: eqs. (41)-(47) with C = I, the same at
+            every generation. The map is M = L / sigma: C <-> M C' M^T, p_c <-> M p_c'; p_sigma
+            is already whitened and is not transformed. A C whose root is degenerate (cond >= 1e4,
+            singular, not finite) falls back to the scale frame in its row (`frame.guarded_edges`).
+
+The f values are computed at encode time in both modes when framed; in in_context mode they
+reach the network only through the frame (the problem tokens' curvature and offset).
 
 Learned fields: mean, sigma, C, p_sigma, p_c. Not emulated: generation is advanced by one and
 key is carried (the next generation's draws follow from them, as in the teacher).
@@ -55,6 +66,7 @@ class CMACodec(Codec):
         "key": "carried unchanged",
     }
     index_meaning = "which row of C"
+    frame_kinds = frames.KINDS
 
     def _configure(self) -> None:
         self.popsize = self.teacher.params(self.dim).popsize
@@ -110,7 +122,11 @@ class CMACodec(Codec):
         f_min = f.amin(dim=1)
         f_scale = frames.floor(f.amax(dim=1) - f_min, f.abs().amax(dim=1))
         scale = state["sigma"].clamp_min(torch.finfo(f.dtype).tiny)
-        return Frame(state["mean"], scale, f_min, f_scale)
+        if self.frame != "affine":
+            return Frame(state["mean"], scale, f_min, f_scale)
+        root = self.teacher.root(state, project=True)  # C^1/2 (B, n, n)
+        edges = frames.guarded_edges(scale[:, None, None] * root, scale)
+        return Frame(state["mean"], scale, f_min, f_scale, edges)
 
     def _put_inputs(
         self, tokens: Tensor, state: State, inputs: dict[str, Tensor], frame: Frame
@@ -124,22 +140,39 @@ class CMACodec(Codec):
         self.layout.put(tokens, "p_sigma", "generation", generation[:, None, None])
 
     def _to_frame(self, state: State, frame: Frame) -> dict[str, Tensor]:
+        C, p_c = state["C"], state["p_c"]
+        if frame.affine:
+            M = _whitening(frame)
+            C = torch.linalg.solve(M, torch.linalg.solve(M, C).mT)  # M^-1 C M^-T
+            C = (C + C.mT) / 2
+            p_c = torch.linalg.solve(M, p_c[..., None]).squeeze(-1)
         return {
             "mean": frames.points_to(frame, state["mean"]),
             "sigma": state["sigma"] / frame.scale,
-            "C": state["C"],
+            "C": C,
             "p_sigma": state["p_sigma"],
-            "p_c": state["p_c"],
+            "p_c": p_c,
         }
 
     def _from_frame(self, fields: dict[str, Tensor], frame: Frame) -> dict[str, Tensor]:
+        C, p_c = fields["C"], fields["p_c"]
+        if frame.affine:
+            M = _whitening(frame)
+            C = M @ C @ M.mT
+            C = (C + C.mT) / 2
+            p_c = (M @ p_c[..., None]).squeeze(-1)
         return {
             "mean": frames.points_from(frame, fields["mean"]),
             "sigma": fields["sigma"] * frame.scale,
-            "C": fields["C"],
+            "C": C,
             "p_sigma": fields["p_sigma"],
-            "p_c": fields["p_c"],
+            "p_c": p_c,
         }
 
     def _carry(self, state: State, fields: dict[str, Tensor], objective: Objective) -> State:
         return {"generation": state["generation"] + 1, "key": state["key"]}
+
+
+def _whitening(frame: Frame) -> Tensor:
+    """M = E / sigma (B, n, n) of an affine CMA-ES frame: C^1/2, or I in a fallback row."""
+    return frame.edges / frame.scale[:, None, None]

@@ -10,7 +10,8 @@ codecs with such fields refuse the affine frame). Each codec says where its cent
 come from; all of them come from the state being encoded, never the next one.
 
 Kinds (`make_codec`'s `frame`): "none" (the identity), "scale" (translation and scale) and
-"affine" (the simplex codecs: the current simplex becomes the standard simplex).
+"affine" (the simplex codecs: the current simplex becomes the standard simplex; CMA-ES: its
+distribution becomes N(0, I)).
 """
 
 from __future__ import annotations

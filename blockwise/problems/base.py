@@ -157,10 +157,12 @@ class Frame:
 
     The linear map L is scale I (a translation-and-scale frame), or, where `edges` is given,
     the edge matrix E itself (an affine frame: Nelder–Mead's, where E's columns are the edges
-    v_i - v_0 of the current simplex, so its vertices become 0, e_1, ..., e_n).
+    v_i - v_0 of the current simplex, so its vertices become 0, e_1, ..., e_n; or CMA-ES's
+    sigma C^1/2, so its distribution becomes N(0, I)).
 
     Attributes: centre (B, n); scale, f_shift, f_scale (B,), scales > 0; edges (B, n, n) or
-    None. In an affine frame scale is 1: E carries the whole linear map.
+    None. In an affine frame E carries the whole linear map, and scale is what the codec keeps
+    beside it: 1 for the simplex codecs, sigma for CMA-ES (E = sigma C^1/2).
     """
 
     centre: Tensor

@@ -148,8 +148,15 @@ class CMAES(Teacher):
         matrix", 1988) instead of giving NaN where C is not positive definite. For a C that a
         network emulated: a teacher's C is positive definite, and its points stay the same.
         """
+        return self._sample(state, self.root(state, project))
+
+    def root(self, state: State, project: bool = False) -> Tensor:
+        """C^1/2 (B, n, n), the symmetric root `step` samples with (NaN rows where C is not
+        positive definite, or, with `project`, the root of its nearest positive semi-definite
+        matrix, as `candidates`); differentiable in C, with a finite gradient at repeated
+        eigenvalues."""
         _check_shapes(check_state(state, self))
-        return self._sample(state, _SymmetricRoot.apply(*_decompose(state["C"]), False, project))
+        return _SymmetricRoot.apply(*_decompose(state["C"]), False, project)
 
     def step(
         self, objective: Objective, state: State, candidates: Tensor | None = None
