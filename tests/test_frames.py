@@ -279,6 +279,7 @@ def test_cma_es_in_its_affine_frame_is_the_update_with_c_equal_to_i_on_the_draws
         z = (x - m) / sigma @ inv_root  # (lambda, n), inv_root is symmetric
         order = np.argsort(f, kind="stable")
         np.testing.assert_allclose(tokens[b, :, codec.slots["coords"]].numpy(), z, atol=1e-9)
+        np.testing.assert_array_equal(tokens[b, order, codec.slots["rank"]].numpy(), np.eye(8))
         zs = z[order]
         shift = w[: p.mu] @ zs[: p.mu]
         np.testing.assert_allclose(got["mean"][b].numpy(), shift, atol=1e-9)

@@ -9,20 +9,23 @@ Serves "cma_es". Tokens, after the problem tokens (in_context mode only):
                                               (h_sigma depends on ||p_sigma|| and g together)
     p_c        1       p_c                    the rank-one path
     C_row      n       index, C               row i of C (index i)
-    candidate  lambda  coords (, f)           the generation's points x_k, in sampling order;
-                                              f(x_k) in oracle mode only
+    candidate  lambda  coords (, f, rank)     the generation's points x_k, in sampling order;
+                                              in oracle mode only f(x_k) and its rank
 
-Slots: type, one, index (n), coords (n), f (1, oracle mode only), sigma (1), p_sigma (n),
-generation (1), p_c (n), C (n), then one group per problem token group. The candidates are the
-ones `CMAES.step` samples (`CMAES.candidates`): the draws come from the state's key, so they are
-an input, not something to emulate. An emulated C that is not positive definite is sampled from
-its nearest positive semi-definite matrix (the teacher would give NaN), and the points' gradient
-in C stays finite at repeated eigenvalues (fine-tuning trains through them).
+Slots: type, one, index (n), coords (n), f (1) and rank (lambda) in oracle mode only, sigma (1),
+p_sigma (n), generation (1), p_c (n), C (n), then one group per problem token group. The
+candidates are the ones `CMAES.step` samples (`CMAES.candidates`): the draws come from the
+state's key, so they are an input, not something to emulate. An emulated C that is not positive
+definite is sampled from its nearest positive semi-definite matrix (the teacher would give NaN),
+and the points' gradient in C stays finite at repeated eigenvalues (fine-tuning trains through
+them).
 Candidates carry no index: the update does not depend on their order, only on their f ranks.
 
 Objective modes: in_context leaves the candidates' f out, so the network must evaluate f at
-each of them from the problem tokens and rank them. oracle gives each candidate's f, and the
-problem tokens are left out: the update needs nothing else of f.
+each of them from the problem tokens and rank them. oracle gives each candidate's f and its rank
+(a one-hot, 0 = best, ties broken by sampling order as the teacher's stable sort does), and the
+problem tokens are left out: CMA-ES reads f only through the ranks, so the update needs nothing
+else of f, and a block learns the weights, paths, step size and covariance from them.
 
 Frames: centre = m, f_shift = min_k f(x_k), f_scale = max_k f(x_k) - min_k f(x_k) (floored at
 float resolution, see `frame.floor`), and a linear map L:
@@ -76,6 +79,7 @@ class CMACodec(Codec):
         slots = {"coords": (n, "point coordinates (mean, candidates)")}
         if self.mode == "oracle":
             slots["f"] = (1, "f at the candidate")
+            slots["rank"] = (self.popsize, "the candidate's rank by f, one-hot (0 = best)")
         slots.update(
             sigma=(1, "step size"),
             p_sigma=(n, "conjugate evolution path"),
@@ -87,7 +91,7 @@ class CMACodec(Codec):
 
     def _segments(self) -> list[Segment]:
         n = self.dim
-        candidate_slots = ("coords", "f") if self.mode == "oracle" else ("coords",)
+        candidate_slots = ("coords", "f", "rank") if self.mode == "oracle" else ("coords",)
         return [
             Segment("mean", 1, ("coords",), "distribution mean"),
             Segment("sigma", 1, ("sigma",), "step size"),
@@ -136,6 +140,10 @@ class CMACodec(Codec):
         if self.mode == "oracle":
             f = frames.values_to(frame, inputs["f"])
             self.layout.put(tokens, "candidate", "f", f[..., None])
+            # the rank of x_k is its position in the teacher's stable sort of f (B, lambda)
+            rank = torch.argsort(torch.argsort(inputs["f"], dim=1, stable=True), dim=1)
+            one_hot = torch.nn.functional.one_hot(rank, self.popsize)
+            self.layout.put(tokens, "candidate", "rank", one_hot.to(tokens.dtype))
         generation = state["generation"].to(tokens.dtype)
         self.layout.put(tokens, "p_sigma", "generation", generation[:, None, None])
 
