@@ -236,10 +236,11 @@ def test_projected_candidates_sample_the_nearest_psd_matrix():
     )
 
 
+@pytest.mark.parametrize("frame", ["scale", "affine"])
 @pytest.mark.parametrize("case", list(GRADIENT_CASES))
-def test_gradient_through_the_codec_is_finite_and_matches_finite_differences(case):
+def test_gradient_through_the_codec_is_finite_and_matches_finite_differences(case, frame):
     teacher, problem, state = _setup(batch=2)
-    codec = make_codec(teacher, problem, "oracle", "scale")
+    codec = make_codec(teacher, problem, "oracle", frame)
     enc = codec.encode(state, problem)
     count = codec.positions["candidate"]
     shape = (2, count.stop - count.start)

@@ -257,8 +257,8 @@ def test_a_recipe_asking_a_gradient_teacher_for_the_affine_frame_is_refused_by_n
 @pytest.mark.parametrize("k", [1, 6])
 def test_cma_es_in_its_affine_frame_is_the_update_with_c_equal_to_i_on_the_draws(k):
     """In the frame L = sigma C^1/2 the candidates are the draws z_k = C^-1/2 (x_k - m) / sigma
-    and the teacher's next mean, p_c and C are eqs. (41)-(47) with C = I on them, recomputed
-    here in numpy float64 from the candidates, their f and the previous state."""
+    and the teacher's next mean, p_sigma, p_c and C are eqs. (41)-(47) with C = I on them,
+    recomputed here in numpy float64 from the candidates, their f and the previous state."""
     n = 4
     problem = problems.make("quadratic", batch=64, dim=n, seed=5, condition=10.0)
     teacher = teachers.make("cma_es", sigma0=0.5, sampler="mirrored")
@@ -279,7 +279,8 @@ def test_cma_es_in_its_affine_frame_is_the_update_with_c_equal_to_i_on_the_draws
         z = (x - m) / sigma @ inv_root  # (lambda, n), inv_root is symmetric
         order = np.argsort(f, kind="stable")
         np.testing.assert_allclose(tokens[b, :, codec.slots["coords"]].numpy(), z, atol=1e-9)
-        np.testing.assert_array_equal(tokens[b, order, codec.slots["rank"]].numpy(), np.eye(8))
+        ranks = tokens[b, order, codec.slots["rank"]].numpy()
+        np.testing.assert_array_equal(ranks, np.eye(p.popsize))
         zs = z[order]
         shift = w[: p.mu] @ zs[: p.mu]
         np.testing.assert_allclose(got["mean"][b].numpy(), shift, atol=1e-9)
@@ -292,4 +293,27 @@ def test_cma_es_in_its_affine_frame_is_the_update_with_c_equal_to_i_on_the_draws
         C = (1 - c1a - p.cmu * w.sum()) * np.eye(n) + p.c1 * np.outer(p_c, p_c)
         C = C + p.cmu * (zs.T * w_circ) @ zs
         np.testing.assert_allclose(got["C"][b].numpy(), C, atol=1e-9)
-        np.testing.assert_allclose(got["p_sigma"][b].numpy(), after["p_sigma"][b].numpy())
+        p_sigma = (1 - p.cs) * now["p_sigma"][b].numpy()  # already whitened: no C^-1/2 here
+        p_sigma = p_sigma + np.sqrt(p.cs * (2 - p.cs) * p.mueff) * shift
+        np.testing.assert_allclose(got["p_sigma"][b].numpy(), p_sigma, atol=1e-9)
+
+
+def test_a_degenerate_covariance_is_encoded_in_the_scale_frame_and_round_trips():
+    """A C whose root has cond >= 1e4 (here cond(C) = 1e10) gets sigma I as its frame's map, in
+    its row alone, and every row decodes back to its state."""
+    n = 4
+    problem = problems.make("quadratic", batch=3, dim=n, seed=5, condition=10.0)
+    teacher = teachers.make("cma_es", sigma0=0.5, sampler="mirrored")
+    state = rollout(teacher, problem, problem.sample_x0(seed=6), 2)[2]
+    state["C"] = state["C"].clone()
+    state["C"][1] = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1e-10], dtype=torch.float64))
+    codec = make_codec(teacher, problem, mode="oracle", frame="affine")
+    enc = codec.encode(state, problem)
+    sigma = state["sigma"][:, None, None]
+    fallback = torch.linalg.matrix_norm(enc.frame.edges - sigma * torch.eye(n), dim=(1, 2)) == 0
+    assert fallback.tolist() == [False, True, False]
+    torch.testing.assert_close(enc.frame.edges[0] @ enc.frame.edges[0].mT / sigma[0] ** 2,
+                               state["C"][0])  # the others' map is sigma C^1/2
+    decoded = codec.decode(enc.tokens, enc)
+    for name in codec.learned_fields:
+        torch.testing.assert_close(decoded[name], state[name], rtol=1e-5, atol=1e-6)

@@ -25,7 +25,8 @@ KINDS = ("none", "scale", "affine")
 
 MAX_CONDITION = 1e4
 """cond(E) from which an affine frame is refused for a row: 0.1-0.3% of Nelder–Mead simplices
-on rotated quadratics reach it, where a step of E^-1 would amplify rounding by as much."""
+on rotated quadratics reach it, where a step of E^-1 would amplify rounding by as much (for
+CMA-ES, E = sigma C^1/2, so cond(C) >= 1e8)."""
 
 
 def identity(batch: int, n: int, like: Tensor) -> Frame:
@@ -39,7 +40,8 @@ def guarded_edges(edges: Tensor, scale: Tensor) -> Tensor:
     """The edge matrices E (B, n, n) of an affine frame, with each row that is degenerate
     (cond(E) >= MAX_CONDITION, singular or not finite) replaced by scale I (scale (B,)): that
     row falls back to the translation-and-scale frame, so it is still encoded and scored (its
-    inputs are not the standard simplex, so a block trained in the affine frame may err there).
+    inputs are not the standard simplex, or N(0, I), so a block trained in the affine frame may
+    err there).
     """
     finite = torch.isfinite(edges).all(dim=(1, 2))
     eye = torch.eye(edges.shape[-1], dtype=edges.dtype, device=edges.device)

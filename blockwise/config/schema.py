@@ -130,9 +130,9 @@ class CodecConfig:
         "auto", "The frame each state is normalized into, so a step is learned scale-free; "
         "decoding undoes it. scale: translation to the best point and one scale; affine "
         "(Nelder–Mead and CMA-ES): the current simplex becomes the standard simplex, or CMA-ES's "
-        "distribution N(0, I), so every step looks alike (a degenerate simplex or C, cond >= "
-        "1e4, falls back to scale); none: identity; auto: affine where the codec has it "
-        "(Nelder–Mead's one-step error is 2-4x lower at every step, benchmarks/frames.py; "
+        "distribution N(0, I), so every step looks alike (a degenerate simplex, cond >= 1e4, "
+        "or C, cond >= 1e8, falls back to scale); none: identity; auto: affine where the codec "
+        "has it (Nelder–Mead's one-step error is 2-4x lower at every step, benchmarks/frames.py; "
         "CMA-ES's lower on every field, the README), else scale, and the resolved recipe names "
         "the kind. Saved runs from before it had a kind read true as scale, false as none."
     )

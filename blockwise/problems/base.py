@@ -95,8 +95,8 @@ class Problem:
         Each group is T tokens with w slots of their own. With a frame, the tokens describe the
         objective in the codec's frame, g(x') = (f(centre + L x') - f_shift) / f_scale, so a
         step can be learned scale-free. This default gives the raw parameters and the frame
-        itself as a token (in an affine frame also its edge matrix, one token per edge
-        v_i - v_0, i.e. per column of E); families with a closed form in the frame override it.
+        itself as a token (in an affine frame also its matrix E, one token per column: for
+        Nelder–Mead an edge v_i - v_0); families with a closed form in the frame override it.
         """
         frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
         tokens = {name: _as_tokens(value) for name, value in self.params.items()}

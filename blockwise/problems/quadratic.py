@@ -98,8 +98,9 @@ class Quadratic(Problem):
     def problem_tokens(self, frame: Frame | None = None) -> dict[str, Tensor]:
         """A (n tokens, the rows of L^T A L / f_scale), x_opt (1 token, L^-1 (x* - centre)) and
         offset (1 token, -f_shift / f_scale), so g(x') = (x' - x_opt')^T A' (x' - x_opt') +
-        offset, with L the frame's linear map (scale I, or the simplex's edge matrix E: then
-        A' = E^T A E / f_scale and x_opt' = E^-1 (x* - v_0)).
+        offset, with L the frame's linear map (scale I, or an affine frame's E, the simplex's
+        edge matrix or CMA-ES's sigma C^1/2: then A' = E^T A E / f_scale and x_opt' =
+        E^-1 (x* - centre)).
         """
         frame = frame or Frame.identity(self.batch_size, self.dim, self.params_dtype)
         x_opt = frame.points_to(self.params["x_opt"][:, None, :])
