@@ -112,14 +112,17 @@ class CMACodec(Codec):
         }
 
     def _inputs(self, state: State, objective: Objective) -> dict[str, Tensor]:
-        """candidates (B, lambda, n) and, where the tokens or the frame need them, f (B, lambda)."""
+        """candidates (B, lambda, n), the root C^1/2 (B, n, n) they were sampled with and, where
+        the tokens or the frame need them, f (B, lambda)."""
         # An emulated C may leave the positive definite cone; sampling from its nearest
         # positive semi-definite matrix gives the next block finite points (and finite
         # gradients) where the teacher's NaN would poison the batch's loss.
-        x = self.teacher.candidates(state, project=True)
+        root = self.teacher.root(state, project=True)
+        x = self.teacher.sample(state, root)
+        inputs = {"candidates": x, "root": root}  # the affine frame reuses the root
         if self.mode == "oracle" or self.framed:
-            return {"candidates": x, "f": evaluate(objective, x).to(x.dtype)}
-        return {"candidates": x}
+            inputs["f"] = evaluate(objective, x).to(x.dtype)
+        return inputs
 
     def _frame(self, state: State, inputs: dict[str, Tensor]) -> Frame:
         f = inputs["f"]
@@ -128,8 +131,7 @@ class CMACodec(Codec):
         scale = state["sigma"].clamp_min(torch.finfo(f.dtype).tiny)
         if self.frame != "affine":
             return Frame(state["mean"], scale, f_min, f_scale)
-        root = self.teacher.root(state, project=True)  # C^1/2 (B, n, n)
-        edges = frames.guarded_edges(scale[:, None, None] * root, scale)
+        edges = frames.guarded_edges(scale[:, None, None] * inputs["root"], scale)
         return Frame(state["mean"], scale, f_min, f_scale, edges)
 
     def _put_inputs(

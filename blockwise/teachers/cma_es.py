@@ -148,7 +148,7 @@ class CMAES(Teacher):
         matrix", 1988) instead of giving NaN where C is not positive definite. For a C that a
         network emulated: a teacher's C is positive definite, and its points stay the same.
         """
-        return self._sample(state, self.root(state, project))
+        return self.sample(state, self.root(state, project))
 
     def root(self, state: State, project: bool = False) -> Tensor:
         """C^1/2 (B, n, n), the symmetric root `step` samples with (NaN rows where C is not
@@ -169,7 +169,7 @@ class CMAES(Teacher):
         C, basis, values = _decompose(state["C"])
         inv_sqrt = _SymmetricRoot.apply(C, basis, values, True, False)
         if candidates is None:
-            x = self._sample(state, _SymmetricRoot.apply(C, basis, values, False, False))
+            x = self.sample(state, _SymmetricRoot.apply(C, basis, values, False, False))
         else:
             x = _check_candidates(candidates, batch, p.popsize, n).to(mean)
         f = evaluate(objective, x)
@@ -184,7 +184,7 @@ class CMAES(Teacher):
                 new[name] = value.masked_fill(mask, float("nan"))
         return new, {"candidates": x, "fvals": f, "h_sigma": h_sigma}
 
-    def _sample(self, state: State, sqrt_C: Tensor) -> Tensor:
+    def sample(self, state: State, sqrt_C: Tensor) -> Tensor:
         """Eqs. (38)-(40): x_k = m + sigma C^1/2 z_k (B, lambda, n), from C^1/2 (B, n, n)."""
         mean = state["mean"]
         n = mean.shape[1]
