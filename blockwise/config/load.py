@@ -135,8 +135,17 @@ def recipe_from_dict(data: Any, file: str | Path = "<recipe>") -> Recipe:
 
 
 # Fields added after runs were saved, with the value that reproduces what those runs computed
-# (not today's default): filled into a saved, resolved recipe that lacks them.
-ADDED_LATER = {("finetune", "objective"): "frame_mse"}
+# (not today's default): filled into a saved, resolved recipe that lacks them. Section ""
+# is the recipe's top level.
+ADDED_LATER = {
+    ("", "tied"): False,
+    ("finetune", "objective"): "frame_mse",
+    ("codec", "vertex_f"): "own",
+    ("train", "set_loss"): False,
+    ("train", "objective"): "frame_mse",
+    ("train", "error_scale"): 1.0,
+    ("eval", "shuffled"): False,
+}
 
 # Fields removed because they did nothing, with the value every saved recipe holds: dropped from
 # a saved recipe that holds it. A recipe that sets one is refused with the reason.
@@ -161,8 +170,9 @@ def saved_recipe(data: Any) -> Any:
         return data
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for (section, key), value in ADDED_LATER.items():
-        if isinstance(data.get(section), dict):
-            data[section].setdefault(key, value)
+        fields = data.get(section) if section else data
+        if isinstance(fields, dict):
+            fields.setdefault(key, value)
     for (section, key), meaning in RETYPED.items():
         fields = data.get(section)
         if isinstance(fields, dict) and type(fields.get(key)) is bool:
@@ -425,6 +435,12 @@ def _resolve(recipe: Recipe, file: str) -> Recipe:
             file, "tied",
             f"expected false unless pairing is shared (one block applied at every layer must "
             f"learn every step), got true with pairing {recipe.pairing}",
+        )
+    if recipe.train.objective == "frame_mse" and recipe.train.error_scale != 1.0:
+        raise RecipeError(
+            file, "train.error_scale",
+            f"expected 1 with train.objective frame_mse (the scale belongs to log_normalized), "
+            f"got {recipe.train.error_scale:g}",
         )
     f = recipe.finetune
     if f.balance_layers and f.objective == "optimize":
