@@ -20,7 +20,8 @@ from blockwise.model import ReadIO
 from blockwise.pipeline import run
 from blockwise.rollout import rollout
 from blockwise.stack import Stack
-from blockwise.training.finetune import RolloutBatch, StackModule, log_normalized_loss
+from blockwise.training.block_module import log_normalized_loss
+from blockwise.training.finetune import RolloutBatch, StackModule
 
 K = 3
 # The scale frame: frame_mse is checked below against that frame written out by hand.

@@ -250,6 +250,18 @@ class TrainConfig(StageConfig):
         "Fine-tuning's default objective scores decoded, re-sorted states; its frame_mse "
         "scores the vertices in order."
     )
+    objective: Literal["frame_mse", "log_normalized"] = setting(
+        "frame_mse", "frame_mse: per field, the mean squared error in the input's frame. "
+        "log_normalized: per field, the mean over pairs of log(1 + (e / error_scale)^2), e the "
+        "pair's normalized error (its miss over the teacher's move), so that the few pairs far "
+        "off (a wrong branch near a decision boundary) pull little and the loss is spent on "
+        "the precision of the many; pairs whose field did not move are left out. "
+        "train.loss_weights tuned for one objective do not carry over to the other."
+    )
+    error_scale: float = setting(
+        1.0, "log_normalized only: the normalized error at which a pair's pull on the loss is "
+        "largest; below it the loss is nearly quadratic, above it nearly logarithmic.", above(0)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

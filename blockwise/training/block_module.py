@@ -3,9 +3,10 @@
 The block sits between the stack's shared read-in and read-out (frozen during pretraining, so
 that blocks trained apart still compose), maps an encoded state s_{k-1} to tokens, and the
 codec reads the predicted learned fields out of them. The loss is the weighted sum over
-fields of the mean squared error in the input state's frame; with `set_fields` (the codec's
-`vertex_set`, under `train.set_loss`) the output points are first matched to the target's in
-the order that makes that loss least, per example.
+fields of the mean squared error in the input state's frame ("frame_mse"), or of the mean of
+log(1 + (e / scale)^2) over pairs, e a pair's normalized error ("log_normalized"); with
+`set_fields` (the codec's `vertex_set`, under `train.set_loss`) the output points are first
+matched to the target's in the order that makes the squared error least, per example.
 """
 
 from __future__ import annotations
@@ -27,6 +28,26 @@ from blockwise.training.trainer import check_finite
 def field_losses(pred: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
     """Mean squared error per field; each tensor (M, ...)."""
     return {name: ((pred[name] - target[name]) ** 2).mean() for name in target}
+
+
+def log_normalized_loss(pred: Tensor, target: Tensor, prev: Tensor, scale: float = 1.0) -> Tensor:
+    """Mean over problems of log(1 + (e / scale)^2), e = ||pred - target|| / ||target - prev||
+    the normalized error of `blockwise.errors`; inputs (B, ...). Problems whose teacher
+    did not move (e undefined) are left out; with none left the loss is 0.
+
+    The gradient of a problem's term peaks at e = scale and falls as 2 / e above it, so the
+    few far off (a wrong branch) pull little and the many close ones decide; a problem that
+    barely moved has a small denominator, so its miss pulls hard.
+
+    Written with squared norms rather than through `errors.normalized_error`, whose norm has
+    no gradient at a perfect prediction and which marks undefined rows with NaN."""
+    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
+    move2 = (flat(target) - flat(prev)).square().sum(1) * scale**2
+    miss2 = (flat(pred) - flat(target)).square().sum(1)
+    moved = move2 > 0
+    # Clamped so that a ratio past the float range stays a large, finite loss.
+    ratio = (miss2 / torch.where(moved, move2, 1.0)).clamp(max=torch.finfo(miss2.dtype).max)
+    return torch.where(moved, torch.log1p(ratio), 0.0).sum() / moved.sum().clamp(min=1)
 
 
 def matched_to_set(
@@ -69,6 +90,8 @@ class BlockModule(L.LightningModule):
         name: used in messages ("block 3").
         set_fields: learned fields whose points (axis 1) are scored as a set
             (`matched_to_set`); empty scores them in order.
+        objective: "frame_mse" (`field_losses`) or "log_normalized"
+            (`log_normalized_loss` with `error_scale`).
     """
 
     def __init__(
@@ -83,14 +106,20 @@ class BlockModule(L.LightningModule):
         warmup_steps: int = 0,
         name: str = "block",
         set_fields: tuple[str, ...] = (),
+        objective: str = "frame_mse",
+        error_scale: float = 1.0,
     ):
         super().__init__()
+        if objective not in ("frame_mse", "log_normalized"):
+            raise ValueError(f"{name}: objective {objective!r}, expected frame_mse or "
+                             "log_normalized")
         self.block, self.readio, self.codec = block, readio, codec
         self.readio.requires_grad_(False)
         self.weights = {f: float((loss_weights or {}).get(f, 1.0)) for f in codec.learned_fields}
         self.lr, self.weight_decay = lr, weight_decay
         self.schedule, self.warmup_steps, self.name = schedule, warmup_steps, name
         self.set_fields = tuple(set_fields)
+        self.objective, self.error_scale = objective, error_scale
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Encoded inputs (B, T, D) -> output tokens (B, T, D)."""
@@ -104,7 +133,13 @@ class BlockModule(L.LightningModule):
         pred = self.predict_fields(batch["tokens"])
         if self.set_fields:
             pred = matched_to_set(pred, batch["targets"], self.set_fields, self.weights)
-        losses = field_losses(pred, batch["targets"])
+        if self.objective == "log_normalized":
+            losses = {
+                f: log_normalized_loss(pred[f], t, batch["previous"][f], self.error_scale)
+                for f, t in batch["targets"].items()
+            }
+        else:
+            losses = field_losses(pred, batch["targets"])
         return sum(self.weights[f] * v for f, v in losses.items()), losses, pred
 
     def _step(self, batch: dict, stage: str) -> Tensor:
@@ -118,7 +153,7 @@ class BlockModule(L.LightningModule):
             # Per-field figures only here: a self.log costs about as much as a small block's
             # step, so the training loop logs the loss alone.
             for f, v in losses.items():
-                self.log(f"val/mse_{f}", v, batch_size=size)
+                self.log(f"val/loss_{f}", v, batch_size=size)
                 err = normalized_error(pred[f], batch["targets"][f], batch["previous"][f])
                 self.log(f"val/error_{f}", err.nanmedian(), batch_size=size)
         return loss

@@ -34,7 +34,7 @@ from blockwise.problems import Problem, evaluate
 from blockwise.rollout import Trajectory
 from blockwise.stack import Stack
 from blockwise.training.batches import batch_loader
-from blockwise.training.block_module import field_losses
+from blockwise.training.block_module import field_losses, log_normalized_loss
 from blockwise.training.optim import adamw_with_schedule
 from blockwise.training.trainer import check_finite, fit
 
@@ -108,22 +108,6 @@ class FreezeBlocks(BaseFinetuning):
         # ">=": a run resumed past the frozen phase freezes again at setup, then thaws here.
         if epoch >= self.epochs:
             self.make_trainable(pl_module.stack.blocks)
-
-
-def log_normalized_loss(pred: Tensor, target: Tensor, prev: Tensor) -> Tensor:
-    """Mean over problems of log(1 + e^2), e = ||pred - target|| / ||target - prev|| the
-    normalized error of `blockwise.errors`; inputs (B, ...). Problems whose teacher
-    did not move (e undefined) are left out.
-
-    Written with squared norms rather than through `errors.normalized_error`, whose norm has
-    no gradient at a perfect prediction and which marks undefined rows with NaN."""
-    flat = lambda t: t.reshape(t.shape[0], -1)  # noqa: E731
-    move2 = (flat(target) - flat(prev)).square().sum(1)
-    miss2 = (flat(pred) - flat(target)).square().sum(1)
-    moved = move2 > 0
-    # Clamped so that a ratio past the float range stays a large, finite loss.
-    ratio = (miss2 / torch.where(moved, move2, 1.0)).clamp(max=torch.finfo(miss2.dtype).max)
-    return torch.where(moved, torch.log1p(ratio), 0.0).sum() / moved.sum().clamp(min=1)
 
 
 GAP_FLOOR = 1e-12

@@ -82,6 +82,8 @@ def block_module(
         tc.warmup_steps,
         name=f"{'shuffled control ' if shuffled else ''}block {layer}",
         set_fields=codec.vertex_set if tc.set_loss else (),
+        objective=tc.objective,
+        error_scale=tc.error_scale,
     )
 
 
